@@ -1,0 +1,12 @@
+"""distnn: Keras-style deep learning on numpy/cupy with exact data-parallel training over MPI.
+
+``import distnn`` stays light: MPI is initialised only by ``distnn.distributed`` when the process
+was started by an MPI launcher, and cupy only when a GPU is selected.
+"""
+from distnn import activations, backend, callbacks, initializers, layers, losses, metrics, optimizers, regularizers, utils
+from distnn.models import Sequential, load_model
+
+__version__ = "0.1.0"
+
+__all__ = ["activations", "backend", "callbacks", "initializers", "layers", "losses", "metrics", "optimizers",
+           "regularizers", "utils", "Sequential", "load_model", "__version__"]

@@ -1,0 +1,102 @@
+"""Array backend: numpy on the CPU, cupy on a GPU.
+
+This is the only module that imports cupy. Everything else asks for the array module with
+``xp = get_array_module(x)`` (DeZero style) or ``backend.xp()``, so the same layer code runs on both.
+
+The device is chosen once per process from ``DISTNN_DEVICE`` (``cpu`` | ``gpu`` | ``auto``, default
+``cpu``). On a GPU, rank ``r`` of a multi-rank job uses device ``local_rank % device_count``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+_VALID_DEVICES = ("cpu", "gpu", "auto")
+_VALID_FLOATX = ("float16", "float32", "float64")
+
+_floatx = "float32"
+_cupy: Any = None  # the cupy module once a GPU is selected
+_device: str | None = None
+
+
+def floatx() -> str:
+    """The default float dtype name for new weights and data (``"float32"`` unless changed)."""
+    return _floatx
+
+
+def set_floatx(dtype: str) -> None:
+    """Set the default float dtype: ``"float16"``, ``"float32"`` or ``"float64"``."""
+    global _floatx
+    dtype = np.dtype(dtype).name
+    if dtype not in _VALID_FLOATX:
+        raise ValueError(f"set_floatx expects one of {_VALID_FLOATX}. Received: dtype={dtype!r}")
+    _floatx = dtype
+
+
+def _load_cupy(required: bool) -> Any:
+    try:
+        import cupy  # noqa: PLC0415 - the one place cupy is imported
+
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            return cupy
+    except Exception as exc:  # ImportError, or a CUDA driver error
+        if required:
+            raise RuntimeError(
+                "DISTNN_DEVICE=gpu but no usable cupy/CUDA was found "
+                f"({type(exc).__name__}: {exc}); install the gpu extra: pip install 'distnn[gpu]'") from exc
+        return None
+    if required:
+        raise RuntimeError("DISTNN_DEVICE=gpu but cupy sees no CUDA device")
+    return None
+
+
+def set_device(device: str | None = None, local_rank: int = 0) -> str:
+    """Choose ``"cpu"`` or ``"gpu"`` for this process; returns the device actually used.
+
+    Args:
+        device: ``"cpu"``, ``"gpu"`` or ``"auto"`` (GPU when one is visible). ``None`` reads
+            ``DISTNN_DEVICE`` (default ``"cpu"``).
+        local_rank: this process's rank on its node; picks GPU ``local_rank % device_count``.
+    """
+    global _cupy, _device
+    device = (device or os.environ.get("DISTNN_DEVICE", "cpu")).lower()
+    if device not in _VALID_DEVICES:
+        raise ValueError(f"device must be one of {_VALID_DEVICES}. Received: device={device!r}")
+    _cupy = None if device == "cpu" else _load_cupy(required=device == "gpu")
+    if _cupy is not None:
+        _cupy.cuda.Device(local_rank % _cupy.cuda.runtime.getDeviceCount()).use()
+    _device = "gpu" if _cupy is not None else "cpu"
+    return _device
+
+
+def device() -> str:
+    """The device of this process, ``"cpu"`` or ``"gpu"`` (chosen on first use)."""
+    if _device is None:
+        set_device()
+    return _device  # type: ignore[return-value]
+
+
+def xp() -> Any:
+    """The array module of this process's device: numpy or cupy."""
+    return _cupy if device() == "gpu" else np
+
+
+def get_array_module(*arrays: Any) -> Any:
+    """The array module (numpy or cupy) that owns ``arrays``."""
+    if _cupy is not None:
+        return _cupy.get_array_module(*arrays)
+    return np
+
+
+def to_device(array: Any, dtype: Any = None) -> Any:
+    """Move ``array`` to this process's device (a no-op for numpy on the CPU)."""
+    return xp().asarray(array, dtype=dtype)
+
+
+def to_numpy(array: Any) -> np.ndarray:
+    """Bring ``array`` back to the host as a numpy array."""
+    if _cupy is not None and isinstance(array, _cupy.ndarray):
+        return _cupy.asnumpy(array)
+    return np.asarray(array)

@@ -1,0 +1,266 @@
+"""Core layers: ``Input``, ``Dense``, ``Activation``, ``Dropout``, ``Flatten``, ``Reshape``."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from distnn import activations, backend, initializers, regularizers
+from distnn.layers.base import Layer
+from distnn.utils import global_rng
+
+
+class InputLayer(Layer):
+    """Declares the shape of one sample; ``Input(shape=(784,))`` in a ``Sequential`` model.
+
+    Args:
+        shape: shape of one sample, without the batch axis.
+        batch_size: accepted for Keras compatibility; distnn batches are sized by ``fit``.
+    """
+
+    def __init__(self, shape: tuple | None = None, batch_size: int | None = None, name: str | None = None,
+                 dtype: Any = None, batch_input_shape: tuple | None = None, **kwargs: Any):
+        if shape is None and batch_input_shape is None:
+            raise ValueError("Input needs shape=(...) of one sample. Received: shape=None")
+        kwargs.pop("input_shape", None)
+        super().__init__(name=name or None, dtype=dtype, input_shape=shape,
+                         batch_input_shape=batch_input_shape, **kwargs)
+        self.batch_size = batch_size
+
+    def call(self, x, training=False):
+        return x
+
+    def backward(self, grad):
+        return grad
+
+    def get_config(self):
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.input_spec_shape[1:])}
+
+
+def Input(shape: tuple | None = None, batch_size: int | None = None, name: str | None = None,
+          dtype: Any = None) -> InputLayer:
+    """Keras' ``Input``: in a ``Sequential`` model it fixes the input shape."""
+    return InputLayer(shape=shape, batch_size=batch_size, name=name, dtype=dtype)
+
+
+class Dense(Layer):
+    """Densely connected layer: ``activation(x @ kernel + bias)``.
+
+    Args:
+        units: positive integer, dimension of the output space.
+        activation: activation name or callable (default: linear).
+        use_bias: whether to add a bias vector.
+        kernel_initializer, bias_initializer: initializers (names or objects).
+        kernel_regularizer, bias_regularizer: regularizers (names or objects).
+
+    Input shape:
+        ``(batch_size, ..., input_dim)``; the kernel applies to the last axis.
+
+    Output shape:
+        ``(batch_size, ..., units)``.
+    """
+
+    def __init__(self, units: int, activation: Any = None, use_bias: bool = True,
+                 kernel_initializer: Any = "glorot_uniform", bias_initializer: Any = "zeros",
+                 kernel_regularizer: Any = None, bias_regularizer: Any = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        if not isinstance(units, (int, np.integer)) or isinstance(units, bool) or units <= 0:
+            raise ValueError(f"Received an invalid value for `units`, expected a positive integer. "
+                             f"Received: units={units}")
+        self.units = int(units)
+        self.activation = activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+
+    def build(self, input_shape):
+        if input_shape[-1] is None:
+            raise ValueError(f"{self.name}: the last axis of the input must be known. "
+                             f"Received: input_shape={input_shape}")
+        self.kernel = self.add_weight("kernel", (input_shape[-1], self.units), self.kernel_initializer,
+                                      self.kernel_regularizer)
+        self.bias = (self.add_weight("bias", (self.units,), self.bias_initializer, self.bias_regularizer)
+                     if self.use_bias else None)
+        self.built = True
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.units)
+
+    def call(self, x, training=False):
+        xp = backend.get_array_module(x)
+        self._x = x.reshape(-1, x.shape[-1])
+        rows = self._x.shape[0]
+        # Training reuses one buffer per shape; inference returns fresh arrays the caller may keep.
+        z = self._buffer("z", (rows, self.units)) if training else None
+        z = xp.matmul(self._x, self.kernel.value, out=z)
+        if self.bias is not None:
+            z += self.bias.value
+        if self.activation.needs_input:
+            self._z = z
+            y = self.activation(z, out=self._buffer("y", z.shape) if training else None)
+        else:
+            y = self.activation(z, out=z)  # in place: backward needs only the output
+        self._y = y
+        return y.reshape(*x.shape[:-1], self.units)
+
+    def backward(self, grad):
+        xp = backend.get_array_module(grad)
+        g = grad.reshape(-1, self.units)
+        if not self.fused_output_activation:
+            g = self.activation.backward(g, getattr(self, "_z", None), self._y)
+        xp.matmul(self._x.T, g, out=self.kernel.grad)
+        if self.bias is not None:
+            g.sum(axis=0, out=self.bias.grad)
+        if not self.propagate_input_grad:
+            return None
+        dx = xp.matmul(g, self.kernel.value.T, out=self._buffer("dx", self._x.shape))
+        return dx.reshape(*grad.shape[:-1], self._x.shape[-1])
+
+    def get_config(self):
+        return {
+            **super().get_config(), "units": self.units,
+            "activation": activations.serialize(self.activation), "use_bias": self.use_bias,
+            "kernel_initializer": initializers.serialize(self.kernel_initializer),
+            "bias_initializer": initializers.serialize(self.bias_initializer),
+            "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
+            "bias_regularizer": regularizers.serialize(self.bias_regularizer),
+        }
+
+
+class Activation(Layer):
+    """Applies an activation function to its input.
+
+    Args:
+        activation: activation name or callable.
+
+    Input shape:
+        Arbitrary.
+
+    Output shape:
+        Same as the input.
+    """
+
+    def __init__(self, activation: Any, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.activation = activations.get(activation)
+
+    def call(self, x, training=False):
+        self._x = x
+        self._y = self.activation(x)
+        return self._y
+
+    def backward(self, grad):
+        if self.fused_output_activation:
+            return grad
+        return self.activation.backward(grad.copy(), self._x, self._y)
+
+    def get_config(self):
+        return {**super().get_config(), "activation": activations.serialize(self.activation)}
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training, zero a fraction ``rate`` of inputs and scale the rest by
+    ``1 / (1 - rate)``; in inference, the identity.
+
+    Args:
+        rate: float in [0, 1), the fraction of inputs to drop.
+        noise_shape: shape of the binary mask, broadcast over the input (``None`` entries take the
+            input's size), as in Keras.
+        seed: seed of this layer's own generator, for reproducible masks.
+    """
+
+    def __init__(self, rate: float, noise_shape: tuple | None = None, seed: int | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        if not 0 <= rate < 1:
+            raise ValueError(f"Invalid value for `rate`, expected a float in [0, 1). Received: rate={rate}")
+        self.rate = float(rate)
+        self.noise_shape = None if noise_shape is None else tuple(noise_shape)
+        self.seed = seed
+        self._rng = np.random.default_rng(seed) if seed is not None else None
+
+    def call(self, x, training=False):
+        self._mask = None
+        if not training or self.rate == 0:
+            return x
+        shape = x.shape if self.noise_shape is None else tuple(
+            x.shape[i] if d is None else d for i, d in enumerate(self.noise_shape))
+        rng = self._rng or global_rng()
+        keep = rng.random(shape, dtype=np.float32) >= self.rate
+        self._mask = backend.to_device(keep.astype(x.dtype) * (1.0 / (1.0 - self.rate)))
+        return x * self._mask
+
+    def backward(self, grad):
+        return grad if self._mask is None else grad * self._mask
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate,
+                "noise_shape": None if self.noise_shape is None else list(self.noise_shape), "seed": self.seed}
+
+
+class Flatten(Layer):
+    """Flattens every axis but the batch axis: ``(batch, d1, d2, ...)`` -> ``(batch, d1*d2*...)``."""
+
+    def __init__(self, data_format: str | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.data_format = data_format
+
+    def compute_output_shape(self, input_shape):
+        dims = input_shape[1:]
+        return (input_shape[0], None if None in dims else math.prod(dims))
+
+    def call(self, x, training=False):
+        self._shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, grad):
+        return grad.reshape(self._shape)
+
+    def get_config(self):
+        return {**super().get_config(), "data_format": self.data_format}
+
+
+class Reshape(Layer):
+    """Reshapes each sample to ``target_shape`` (one entry may be -1).
+
+    Input shape:
+        ``(batch_size, ...)`` with a known sample size.
+
+    Output shape:
+        ``(batch_size, *target_shape)``.
+    """
+
+    def __init__(self, target_shape: tuple, **kwargs: Any):
+        super().__init__(**kwargs)
+        target_shape = tuple(int(d) for d in target_shape)
+        if sum(d == -1 for d in target_shape) > 1 or any(d == 0 or d < -1 for d in target_shape):
+            raise ValueError(f"target_shape must hold positive sizes and at most one -1. "
+                             f"Received: target_shape={target_shape}")
+        self.target_shape = target_shape
+
+    def compute_output_shape(self, input_shape):
+        size = math.prod(input_shape[1:])
+        known = math.prod(d for d in self.target_shape if d != -1)
+        if -1 in self.target_shape:
+            if size % known:
+                raise ValueError(f"{self.name}: cannot reshape samples of shape {input_shape[1:]} to "
+                                 f"{self.target_shape}")
+            shape = tuple(size // known if d == -1 else d for d in self.target_shape)
+        else:
+            shape = self.target_shape
+        if math.prod(shape) != size:
+            raise ValueError(f"{self.name}: total size of the new shape {self.target_shape} must equal "
+                             f"the sample size {size} (input shape {input_shape[1:]})")
+        return (input_shape[0], *shape)
+
+    def call(self, x, training=False):
+        self._shape = x.shape
+        return x.reshape(x.shape[0], *self.compute_output_shape((None, *x.shape[1:]))[1:])
+
+    def backward(self, grad):
+        return grad.reshape(self._shape)
+
+    def get_config(self):
+        return {**super().get_config(), "target_shape": list(self.target_shape)}

@@ -1,0 +1,204 @@
+"""Metrics with Keras names.
+
+A metric's whole state is a short float64 vector of *sums* (for example ``[sum of values, count]``),
+so combining ranks is one allreduce of the concatenated states and the result equals what one
+process computes on all the data (DESIGN.md). ``batch_state`` gives a batch's contribution,
+``result_from`` turns a state into the value; the Keras-style ``update_state`` / ``result`` /
+``reset_state`` accumulate it.
+
+Plain functions ``fn(y_true, y_pred) -> per-sample values`` are accepted as custom metrics and
+averaged over samples.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from distnn.backend import get_array_module
+
+
+def _weighted_sum(values: Any, sample_weight: Any) -> tuple[float, float]:
+    values = values.reshape(values.shape[0], -1).mean(axis=1) if values.ndim > 1 else values
+    if sample_weight is None:
+        return float(values.sum()), float(values.shape[0])
+    w = sample_weight.reshape(-1).astype(values.dtype, copy=False)
+    return float((values * w).sum()), float(w.sum())
+
+
+# --------------------------------------------------------------------------- per-sample functions
+def categorical_accuracy(y_true: Any, y_pred: Any) -> Any:
+    return (y_true.argmax(axis=-1) == y_pred.argmax(axis=-1)).astype(y_pred.dtype)
+
+
+def sparse_categorical_accuracy(y_true: Any, y_pred: Any) -> Any:
+    labels = y_true.reshape(y_pred.shape[:-1])
+    return (labels == y_pred.argmax(axis=-1)).astype(y_pred.dtype)
+
+
+def binary_accuracy(y_true: Any, y_pred: Any, threshold: float = 0.5) -> Any:
+    return ((y_pred > threshold) == (y_true > 0.5)).astype(y_pred.dtype).reshape(y_pred.shape[0], -1).mean(1)
+
+
+def top_k_categorical_accuracy(y_true: Any, y_pred: Any, k: int = 5) -> Any:
+    xp = get_array_module(y_pred)
+    target = y_true.argmax(axis=-1)
+    target_score = xp.take_along_axis(y_pred, target[..., None], axis=-1)
+    # In the top k when fewer than k classes score strictly higher (ties count in its favour, as Keras).
+    return ((y_pred > target_score).sum(axis=-1) < k).astype(y_pred.dtype)
+
+
+def mean_squared_error(y_true: Any, y_pred: Any) -> Any:
+    d = y_pred - y_true
+    return (d * d).reshape(d.shape[0], -1).mean(axis=1)
+
+
+def mean_absolute_error(y_true: Any, y_pred: Any) -> Any:
+    return get_array_module(y_pred).abs(y_pred - y_true).reshape(y_pred.shape[0], -1).mean(axis=1)
+
+
+# ------------------------------------------------------------------------------- metric objects
+class Metric:
+    """Base class: a state vector of sums, its per-batch contribution and the result it gives."""
+
+    state_size = 2
+
+    def __init__(self, name: str | None = None):
+        self.name = name or type(self).__name__.lower()
+        self.state = np.zeros(self.state_size)
+
+    def batch_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> np.ndarray:
+        raise NotImplementedError
+
+    def result_from(self, state: np.ndarray) -> float:
+        raise NotImplementedError
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
+        self.state += self.batch_state(y_true, y_pred, sample_weight)
+
+    def result(self) -> float:
+        return self.result_from(self.state)
+
+    def reset_state(self) -> None:
+        self.state[:] = 0
+
+    def get_config(self) -> dict:
+        return {"name": self.name}
+
+
+class Mean(Metric):
+    """Weighted mean of per-sample values; the base of function-backed metrics."""
+
+    def result_from(self, state):
+        return float(state[0] / state[1]) if state[1] else 0.0
+
+
+class MeanMetricWrapper(Mean):
+    """Averages ``fn(y_true, y_pred)`` over samples (with optional sample weights)."""
+
+    def __init__(self, fn: Callable[[Any, Any], Any], name: str | None = None, **fn_kwargs: Any):
+        super().__init__(name or getattr(fn, "__name__", "metric"))
+        self.fn, self.fn_kwargs = fn, fn_kwargs
+
+    def batch_state(self, y_true, y_pred, sample_weight=None):
+        return np.array(_weighted_sum(self.fn(y_true, y_pred, **self.fn_kwargs), sample_weight))
+
+
+class LossMean(Mean):
+    """The running mean of a loss: ``state = [sum of weighted per-sample losses, sample count]``."""
+
+    def __init__(self, name: str = "loss"):
+        super().__init__(name)
+
+    def batch_state(self, values, count, sample_weight=None):  # noqa: D102 - (loss values, count)
+        return np.array([float(values), float(count)])
+
+
+class _ConfusionMetric(Metric):
+    """Precision / recall from thresholded predictions: state = [true positives, false positives or negatives]."""
+
+    def __init__(self, thresholds: float = 0.5, name: str | None = None):
+        super().__init__(name)
+        self.thresholds = float(thresholds)
+
+    def _counts(self, y_true, y_pred, sample_weight):
+        pred = y_pred > self.thresholds
+        true = y_true.reshape(y_pred.shape) > 0.5
+        w = 1 if sample_weight is None else sample_weight.reshape(-1, *([1] * (y_pred.ndim - 1)))
+        return pred, true, w
+
+    def get_config(self):
+        return {**super().get_config(), "thresholds": self.thresholds}
+
+
+class Precision(_ConfusionMetric):
+    def batch_state(self, y_true, y_pred, sample_weight=None):
+        pred, true, w = self._counts(y_true, y_pred, sample_weight)
+        return np.array([float(((pred & true) * w).sum()), float(((pred & ~true) * w).sum())])
+
+    def result_from(self, state):
+        return float(state[0] / (state[0] + state[1])) if state[0] + state[1] else 0.0
+
+
+class Recall(_ConfusionMetric):
+    def batch_state(self, y_true, y_pred, sample_weight=None):
+        pred, true, w = self._counts(y_true, y_pred, sample_weight)
+        return np.array([float(((pred & true) * w).sum()), float(((~pred & true) * w).sum())])
+
+    def result_from(self, state):
+        return float(state[0] / (state[0] + state[1])) if state[0] + state[1] else 0.0
+
+
+_FUNCTIONS: dict[str, Callable] = {
+    "categorical_accuracy": categorical_accuracy,
+    "sparse_categorical_accuracy": sparse_categorical_accuracy,
+    "binary_accuracy": binary_accuracy,
+    "top_k_categorical_accuracy": top_k_categorical_accuracy,
+    "mean_squared_error": mean_squared_error, "mse": mean_squared_error,
+    "mean_absolute_error": mean_absolute_error, "mae": mean_absolute_error,
+}
+_CLASSES: dict[str, type[Metric]] = {"precision": Precision, "recall": Recall}
+VALID_NAMES = sorted([*_FUNCTIONS, *_CLASSES, "accuracy", "acc"])
+
+
+def resolve_accuracy(loss_name: str, output_shape: tuple, label_ndim: int) -> Callable:
+    """Keras' choice for ``"accuracy"``: from the loss first, then from the label and output shapes."""
+    if "binary" in loss_name or output_shape[-1] == 1:
+        return binary_accuracy
+    if "sparse" in loss_name or label_ndim < len(output_shape):
+        return sparse_categorical_accuracy
+    return categorical_accuracy
+
+
+def get(identifier: Any, loss_name: str = "", output_shape: tuple = (None, 2), label_ndim: int = 2) -> Metric:
+    """Resolve a metric from a name, a ``Metric`` instance or a per-sample function."""
+    if isinstance(identifier, Metric):
+        return identifier
+    if isinstance(identifier, str):
+        if identifier in ("accuracy", "acc"):
+            return MeanMetricWrapper(resolve_accuracy(loss_name, output_shape, label_ndim), name=identifier)
+        if identifier in _CLASSES:
+            return _CLASSES[identifier](name=identifier)
+        if identifier in _FUNCTIONS:
+            return MeanMetricWrapper(_FUNCTIONS[identifier], name=identifier)
+        raise ValueError(f"Unknown metric {identifier!r}. Valid names: {VALID_NAMES}")
+    if callable(identifier):
+        return MeanMetricWrapper(identifier)
+    raise TypeError(f"metric must be a string, a Metric or a function. Received: {identifier!r}")
+
+
+# Keras' class-style names for the function metrics.
+def CategoricalAccuracy(name: str = "categorical_accuracy") -> Metric:  # noqa: N802 - Keras spelling
+    return MeanMetricWrapper(categorical_accuracy, name=name)
+
+
+def SparseCategoricalAccuracy(name: str = "sparse_categorical_accuracy") -> Metric:  # noqa: N802
+    return MeanMetricWrapper(sparse_categorical_accuracy, name=name)
+
+
+def BinaryAccuracy(name: str = "binary_accuracy", threshold: float = 0.5) -> Metric:  # noqa: N802
+    return MeanMetricWrapper(binary_accuracy, name=name, threshold=threshold)
+
+
+def TopKCategoricalAccuracy(k: int = 5, name: str = "top_k_categorical_accuracy") -> Metric:  # noqa: N802
+    return MeanMetricWrapper(top_k_categorical_accuracy, name=name, k=k)

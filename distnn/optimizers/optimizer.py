@@ -1,0 +1,147 @@
+"""The ``Optimizer`` base class: whole-buffer updates on the model's flat parameters.
+
+The model hands the optimizer one 1-D parameter array, the gradient array of the same layout and
+the (offset, size) segment of each variable. Every update is a handful of whole-array operations;
+the optimizer's state (momenta, moments, accumulators) is flat too, so it is saved, restored and
+broadcast as a few arrays (DESIGN.md).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from distnn import backend
+from distnn.optimizers import schedules
+
+
+class Optimizer:
+    """Base class.
+
+    Args:
+        learning_rate: a float, a ``LearningRateSchedule`` or a callable ``f(step) -> float``.
+        clipnorm: clip each variable's gradient to this L2 norm.
+        clipvalue: clip every gradient element to ``[-clipvalue, clipvalue]``.
+        global_clipnorm: clip the whole gradient to this L2 norm.
+        weight_decay: decoupled weight decay (``w -= lr * weight_decay * w`` before the update).
+    """
+
+    slot_names: tuple[str, ...] = ()  # names of the flat state arrays, e.g. ("momentum",)
+
+    def __init__(self, learning_rate: Any = 0.001, clipnorm: float | None = None, clipvalue: float | None = None,
+                 global_clipnorm: float | None = None, weight_decay: float | None = None, name: str | None = None):
+        if sum(c is not None for c in (clipnorm, clipvalue, global_clipnorm)) > 1:
+            raise ValueError("Only one of clipnorm, clipvalue and global_clipnorm can be set. Received: "
+                             f"clipnorm={clipnorm}, clipvalue={clipvalue}, global_clipnorm={global_clipnorm}")
+        for arg, value in (("clipnorm", clipnorm), ("clipvalue", clipvalue), ("global_clipnorm", global_clipnorm),
+                           ("weight_decay", weight_decay)):
+            if value is not None and value < 0:
+                raise ValueError(f"{arg} must be >= 0. Received: {arg}={value}")
+        if not (callable(learning_rate) or isinstance(learning_rate, (int, float))) or isinstance(learning_rate, bool):
+            raise TypeError(f"learning_rate must be a float, a schedule or a callable. "
+                            f"Received: learning_rate={learning_rate!r}")
+        if isinstance(learning_rate, (int, float)) and learning_rate < 0:
+            raise ValueError(f"learning_rate must be >= 0. Received: learning_rate={learning_rate}")
+        self._learning_rate = learning_rate if callable(learning_rate) else float(learning_rate)
+        self.clipnorm, self.clipvalue, self.global_clipnorm = clipnorm, clipvalue, global_clipnorm
+        self.weight_decay = weight_decay
+        self.name = name or type(self).__name__.lower()
+        self.iterations = 0
+        self.slots: dict[str, Any] = {}
+        self._segments: list[tuple[int, int]] = []
+
+    # ------------------------------------------------------------------------ learning rate
+    @property
+    def learning_rate(self) -> float:
+        """The rate of the next step (a schedule is evaluated at ``iterations``)."""
+        lr = self._learning_rate
+        return float(lr(self.iterations)) if callable(lr) else lr
+
+    @learning_rate.setter
+    def learning_rate(self, value: float | Callable) -> None:
+        self._learning_rate = value if callable(value) else float(value)
+
+    # --------------------------------------------------------------------------------- state
+    def build(self, params: Any, segments: list[tuple[int, int]]) -> None:
+        """Allocate the flat state for ``params`` (a 1-D array) with per-variable ``segments``."""
+        xp = backend.get_array_module(params)
+        self._segments = list(segments)
+        self.slots = {name: self._initial_slot(name, params, xp) for name in self.slot_names}
+        self._scratch = xp.empty_like(params)
+
+    def _initial_slot(self, name: str, params: Any, xp: Any) -> Any:
+        return xp.zeros_like(params)
+
+    @property
+    def built(self) -> bool:
+        return len(self.slots) == len(self.slot_names) and hasattr(self, "_scratch")
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        """Host copies of the flat state arrays plus ``iterations`` (for checkpoints)."""
+        state = {name: backend.to_numpy(slot).copy() for name, slot in self.slots.items()}
+        state["iterations"] = np.array(self.iterations, dtype=np.int64)
+        state.update(self._extra_state())
+        return state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        for name in self.slot_names:
+            if name not in state:
+                raise ValueError(f"{type(self).__name__} state is missing {name!r}. Received keys: {sorted(state)}")
+            if tuple(np.shape(state[name])) != tuple(self.slots[name].shape):
+                raise ValueError(f"{type(self).__name__} state {name!r} has shape {np.shape(state[name])}, "
+                                 f"expected {tuple(self.slots[name].shape)}")
+            self.slots[name][...] = backend.to_device(state[name])
+        self.iterations = int(state["iterations"])
+        self._set_extra_state(state)
+
+    def _extra_state(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def _set_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    # -------------------------------------------------------------------------------- update
+    def apply(self, params: Any, grads: Any) -> None:
+        """One training step: clip ``grads`` (in place), decay weights, update ``params`` in place."""
+        if not self.built:
+            raise RuntimeError(f"{type(self).__name__} is not built: compile the model first")
+        self._clip(grads)
+        lr = self.learning_rate
+        if self.weight_decay:
+            params *= 1.0 - lr * self.weight_decay
+        self._update(params, grads, lr)
+        self.iterations += 1
+
+    def _update(self, params: Any, grads: Any, lr: float) -> None:
+        raise NotImplementedError
+
+    def _clip(self, grads: Any) -> None:
+        xp = backend.get_array_module(grads)
+        if self.clipvalue is not None:
+            xp.clip(grads, -self.clipvalue, self.clipvalue, out=grads)
+        elif self.global_clipnorm is not None:
+            norm = float(xp.sqrt(xp.dot(grads, grads)))
+            if norm > self.global_clipnorm:
+                grads *= self.global_clipnorm / norm
+        elif self.clipnorm is not None and self._segments:
+            starts = xp.asarray([start for start, _ in self._segments])
+            norms = xp.sqrt(xp.add.reduceat(grads * grads, starts))
+            scale = xp.minimum(1.0, self.clipnorm / xp.maximum(norms, 1e-12)).astype(grads.dtype)
+            grads *= xp.repeat(scale, xp.asarray([size for _, size in self._segments]))
+
+    # -------------------------------------------------------------------------------- config
+    def get_config(self) -> dict:
+        lr = self._learning_rate
+        if isinstance(lr, schedules.LearningRateSchedule):
+            lr = schedules.serialize(lr)
+        elif callable(lr):
+            raise ValueError(f"Cannot serialize the learning-rate callable {lr!r}: use a LearningRateSchedule")
+        return {"name": self.name, "learning_rate": lr, "clipnorm": self.clipnorm, "clipvalue": self.clipvalue,
+                "global_clipnorm": self.global_clipnorm, "weight_decay": self.weight_decay}
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects: dict | None = None) -> "Optimizer":
+        config = dict(config)
+        if isinstance(config.get("learning_rate"), dict):
+            config["learning_rate"] = schedules.deserialize(config["learning_rate"], custom_objects)
+        return cls(**config)

@@ -1,0 +1,60 @@
+"""Shared test helpers: starting real ``mpiexec`` jobs with a timeout."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def find_mpiexec() -> str | None:
+    """The mpiexec beside this interpreter (the embedded MPICH wheel), else the one on PATH."""
+    beside = Path(sys.executable).parent / "mpiexec"
+    if beside.exists():
+        return str(beside)
+    return shutil.which("mpiexec")
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """Environment for child processes: one BLAS thread each, the repo importable."""
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+def run_mpi(n: int, args: list[str], timeout: float = 120, cwd: str | os.PathLike | None = None,
+            env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``mpiexec -n n python args...``; a hang fails the test instead of blocking CI."""
+    mpiexec = find_mpiexec()
+    if mpiexec is None:
+        pytest.fail("mpiexec not found: install the test extra (it brings the mpich wheel)")
+    cmd = [mpiexec, "-n", str(n), sys.executable, *args]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              cwd=cwd or REPO_ROOT, env=env or subprocess_env())
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{' '.join(cmd)} did not finish in {timeout}s:\n{exc.stdout}\n{exc.stderr}")
+    if check and proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def run_python(args: list[str], timeout: float = 120, cwd: str | os.PathLike | None = None,
+               env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``python args...`` as a plain single process (no MPI launcher)."""
+    cmd = [sys.executable, *args]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              cwd=cwd or REPO_ROOT, env=env or subprocess_env())
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{' '.join(cmd)} did not finish in {timeout}s:\n{exc.stdout}\n{exc.stderr}")
+    if check and proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
