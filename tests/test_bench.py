@@ -1,0 +1,48 @@
+"""Tests for distnn.bench (`distnn-bench`): the allreduce table and argument handling."""
+import re
+
+import pytest
+
+from conftest import run_python
+from distnn import bench
+
+
+@pytest.mark.mpi
+def test_allreduce_table_relaunches_under_mpiexec():
+    proc = run_python(["-m", "distnn.bench", "allreduce", "-np", "2", "--sizes", "4K..16K",
+                       "--iters", "3", "--backends", "ring,auto"], timeout=120)
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("# distnn-bench allreduce: 2 ranks"), proc.stdout
+    header = next(line for line in lines if "time(us)" in line)
+    assert [name for name in ("mpi", "ring", "auto") if f"{name} time(us)" in header] == \
+        ["mpi", "ring", "auto"]
+    rows = [line for line in lines if not line.startswith("#")]
+    assert [row.split()[0] for row in rows] == ["4K", "8K", "16K"]
+    for row, nbytes in zip(rows, (4096, 8192, 16384)):
+        assert row.endswith("| OK"), row
+        size, count, iters, *cells = re.split(r"[\s|]+", row.strip())
+        assert int(count) == nbytes // 4 and int(iters) == 3
+        mpi_us, _, mpi_busbw, ring_us, _, _, ring_x, auto_us, *_ = map(float, cells[:8])
+        assert min(mpi_us, ring_us, auto_us, mpi_busbw) > 0
+        assert ring_x == pytest.approx(mpi_us / ring_us, rel=0.02, abs=0.01)
+
+
+def test_parse_sizes():
+    assert bench.parse_sizes("4K..64K") == [4096, 8192, 16384, 32768, 65536]
+    assert bench.parse_sizes("4K..1M", factor=4) == [4096, 16384, 65536, 262144, 1048576]
+    assert bench.parse_sizes("1K,3M") == [1024, 3 << 20]
+    with pytest.raises(ValueError, match="LOW..HIGH"):
+        bench.parse_sizes("1M..4K")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["allreduce", "--backends", "ring,nccl"], "'ring,nccl'"),
+    (["allreduce", "--sizes", "4X"], "'4X'"),
+    (["allreduce", "-np", "0"], "-np 0"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_arguments_fail_before_launching(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
