@@ -17,6 +17,15 @@ from typing import Any, Callable
 import numpy as np
 
 
+def __getattr__(name: str) -> Any:
+    # BackupAndRestore lives with the distributed machinery it needs; Keras users import it from here.
+    if name in ("BackupAndRestore", "PREEMPTED_EXIT_CODE"):
+        from distnn.distributed import checkpoint  # noqa: PLC0415
+
+        return getattr(checkpoint, name)
+    raise AttributeError(f"module 'distnn.callbacks' has no attribute {name!r}")
+
+
 class Callback:
     """Base class with Keras' hooks; ``self.model`` and ``self.params`` are set by ``fit``."""
 
@@ -46,14 +55,15 @@ class Callback:
 
 
 class CallbackList:
-    """Calls every callback's hook in order: the user's, then History, then the progress bar."""
+    """Calls every callback's hook in order: History, the user's, then the progress bar (so the
+    user's ``on_epoch_end`` already sees the epoch in ``model.history``)."""
 
     def __init__(self, callbacks: list | None, model: Any, history: "History", progbar: Any, params: dict):
         callbacks = list(callbacks or [])
         for cb in callbacks:
             if not isinstance(cb, Callback):
                 raise TypeError(f"callbacks must be Callback instances. Received: {cb!r}")
-        self.callbacks = [*callbacks, history] + ([progbar] if progbar is not None else [])
+        self.callbacks = [history, *callbacks] + ([progbar] if progbar is not None else [])
         for cb in self.callbacks:
             cb.set_model(model)
             cb.set_params(params)
@@ -186,22 +196,27 @@ class EarlyStopping(Callback):
                              f"{sorted(logs or {})}: add validation data or monitor another key")
         if epoch < self.start_from_epoch:
             return
+        if self.restore_best_weights and self.best_weights is None:
+            self.best_weights, self.best_epoch = self.model.get_weights(), epoch
         self.wait += 1
-        if self.monitor_op(current - self.min_delta, self.best) and (
-                self.baseline is None or self.monitor_op(current - self.min_delta, self.baseline)):
-            self.best, self.best_epoch, self.wait = current, epoch, 0
+        if self.monitor_op(current - self.min_delta, self.best):
+            self.best, self.best_epoch = current, epoch
             if self.restore_best_weights:
                 self.best_weights = self.model.get_weights()
+            # As Keras 3: the best epoch is tracked always, but patience restarts only above the baseline.
+            if self.baseline is None or self.monitor_op(current - self.min_delta, self.baseline):
+                self.wait = 0
             return
         if self.wait >= self.patience and epoch > 0:
             self.stopped_epoch = epoch
             self.model.stop_training = True
-            if self.restore_best_weights and self.best_weights is not None:
-                self.model.set_weights(self.best_weights)
 
     def on_train_end(self, logs=None):
         if self.stopped_epoch and self.verbose and self.is_root:
             print(f"Epoch {self.stopped_epoch + 1}: early stopping (best epoch {self.best_epoch + 1})")
+        # Keras 3 restores the best weights at the end of training, whether or not it stopped early.
+        if self.restore_best_weights and self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
 
 
 class ModelCheckpoint(Callback):
@@ -273,7 +288,10 @@ class LearningRateScheduler(Callback):
         self.schedule, self.verbose = schedule, verbose
 
     def on_epoch_begin(self, epoch, logs=None):
-        lr = float(self.schedule(epoch, self.model.optimizer.learning_rate))
+        try:
+            lr = float(self.schedule(epoch, self.model.optimizer.learning_rate))
+        except TypeError:  # Keras also accepts the older one-argument form schedule(epoch)
+            lr = float(self.schedule(epoch))
         if not math.isfinite(lr):
             raise ValueError(f"The schedule returned a learning rate that is not finite: {lr}")
         self.model.optimizer.learning_rate = lr
@@ -364,7 +382,7 @@ class TerminateOnNaN(Callback):
             if self.is_root:
                 print(f"Batch {batch}: invalid loss, terminating training")
             self.model.stop_training = True
-            self.model._stop_now = True
+            self.model.stop_requested = True
 
 
 class LambdaCallback(Callback):

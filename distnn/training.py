@@ -8,7 +8,7 @@ and callbacks see global values on every rank.
 """
 from __future__ import annotations
 
-import time
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,23 @@ import numpy as np
 from distnn import backend, data, losses, metrics as metrics_module, optimizers
 from distnn.callbacks import CallbackList, History, ProgbarLogger
 from distnn.utils import global_rng
+
+
+@dataclasses.dataclass
+class TrainingProgress:
+    """Where ``fit`` stands: the epoch, the next step within it and the epoch's metric sums so far.
+
+    Checkpoints save it and a restoring callback sets it, so a resumed run continues at the exact step.
+    """
+
+    epoch: int
+    step: int
+    totals: np.ndarray
+
+    def next_epoch(self) -> None:
+        self.epoch += 1
+        self.step = 0
+        self.totals = np.zeros_like(self.totals)
 
 
 def _communicator() -> Any:
@@ -36,6 +53,9 @@ class TrainingMixin:
         self._metric_specs: list[Any] = []
         self._metrics: list[metrics_module.Metric] | None = None
         self._synced_with: Any = None
+        self.stop_requested = False  # set (e.g. by a signal handler) to stop at the next step boundary
+        self._stop_now = False
+        self.progress: TrainingProgress | None = None
 
     # -------------------------------------------------------------------------------- compile
     def compile(self, optimizer: Any = "rmsprop", loss: Any = None, metrics: list | None = None,
@@ -44,6 +64,12 @@ class TrainingMixin:
         are accepted for compatibility and have no effect on a single-output model)."""
         if loss is None:
             raise ValueError("compile() needs a loss, e.g. loss='categorical_crossentropy'. Received: loss=None")
+        from distnn.distributed.optimizer import DistributedOptimizer  # noqa: PLC0415 - no MPI import
+
+        # fit() already averages gradients exactly over the global batch: a Horovod-style
+        # DistributedOptimizer is unwrapped rather than reducing a second time.
+        if isinstance(optimizer, DistributedOptimizer):
+            optimizer = optimizer.optimizer
         self.optimizer = optimizers.get(optimizer)
         self.loss = losses.get(loss)
         if metrics is not None and not isinstance(metrics, (list, tuple)):
@@ -60,6 +86,8 @@ class TrainingMixin:
 
     def _prepare_optimizer(self) -> None:
         self.optimizer.build(self.params, self._segments)
+        for layer in self._layers:  # a layer that stopped being last (add after compile) is unfused
+            layer.fused_output_activation = False
         last = self._layers[-1]
         activation = getattr(getattr(last, "activation", None), "name", None)
         # Softmax + cross-entropy (and sigmoid + binary cross-entropy): the loss gives dL/dlogits.
@@ -67,7 +95,7 @@ class TrainingMixin:
 
     def _require_compiled(self, what: str) -> None:
         if not self.compiled:
-            raise RuntimeError(f"You must call compile() before {what}")
+            raise ValueError(f"You must call `compile()` before calling `{what}`")
 
     def _ensure_built(self, x: np.ndarray) -> None:
         if not self.built:
@@ -154,8 +182,9 @@ class TrainingMixin:
 
     def _train_step(self, x: Any, y: Any, weights: Any, global_count: int, comm: Any,
                     metric_list: list) -> np.ndarray:
-        """One data-parallel step on this rank's shard; returns the step's global metric states."""
-        states = self._local_gradients(x, y, weights, metric_list)
+        """One data-parallel step on this rank's shard; returns the step's global metric states
+        followed by the number of ranks that asked to stop."""
+        states = np.append(self._local_gradients(x, y, weights, metric_list), float(self.stop_requested))
         comm.allreduce(self.grads, op="sum")
         self._finish_gradients(global_count)
         self.optimizer.apply(self.params, self.grads)
@@ -250,50 +279,51 @@ class TrainingMixin:
                           params={"epochs": epochs, "steps": num_steps, "verbose": verbose,
                                   "batch_size": batch_size, "samples": len(x)})
         self.stop_training = False
-        cb.on_train_begin()
-        self._resume_step = getattr(self, "_resume_step", 0)
-        epoch = initial_epoch
-        for epoch in range(self._initial_epoch_override(initial_epoch), epochs):
+        self.stop_requested = False
+        self._stop_now = False
+        self.progress = TrainingProgress(epoch=initial_epoch, step=0, totals=np.zeros(self._state_size(metric_list)))
+        cb.on_train_begin()  # a BackupAndRestore callback may move self.progress to a saved point
+        while self.progress.epoch < epochs:
+            epoch = self.progress.epoch
             cb.on_epoch_begin(epoch)
-            epoch_logs = self._run_epoch(x, y, sample_weight, batch_size, num_steps, epoch, shuffle, comm,
-                                         metric_list, cb)
-            if validation_data is not None and (epoch + 1) % validation_freq == 0 and not self.stop_training_now:
+            epoch_logs = self._run_epoch(x, y, sample_weight, batch_size, num_steps, shuffle, comm, metric_list, cb)
+            if self._stop_now:  # preempted mid-epoch: no epoch end, the backup resumes this epoch
+                break
+            if validation_data is not None and (epoch + 1) % validation_freq == 0:
                 val = self.evaluate(*validation_data, batch_size=validation_batch_size or batch_size, verbose=0,
                                     return_dict=True, _comm=comm)
                 epoch_logs.update({"val_" + k: v for k, v in val.items()})
+            self.progress.next_epoch()
             cb.on_epoch_end(epoch, epoch_logs)
-            if self.stop_training or self.stop_training_now:
+            if self.stop_training:
                 break
         cb.on_train_end()
         return self.history
 
-    def _initial_epoch_override(self, initial_epoch: int) -> int:
-        """The first epoch to run: ``initial_epoch``, or later when a callback restored a backup."""
-        return max(initial_epoch, getattr(self, "_resume_epoch", 0))
-
     @property
-    def stop_training_now(self) -> bool:
-        """Set by callbacks (preemption signals) to end training at the next step boundary."""
-        return getattr(self, "_stop_now", False)
+    def preempted(self) -> bool:
+        """True when the last ``fit`` ended early because some rank asked to stop (``stop_requested``)."""
+        return self._stop_now
 
-    def _run_epoch(self, x, y, sample_weight, batch_size, num_steps, epoch, shuffle, comm, metric_list, cb) -> dict:
-        order = data.epoch_order(len(x), shuffle, self._data_seed, epoch)
-        totals = np.zeros(self._state_size(metric_list))
-        first_step, self._resume_step = self._resume_step, 0
-        if first_step:
-            totals += self._resume_totals
-        logs: dict[str, float] = {}
-        for step, batch in enumerate(data.global_batches(order[:num_steps * batch_size], batch_size, first_step),
-                                     start=first_step):
+    def _run_epoch(self, x, y, sample_weight, batch_size, num_steps, shuffle, comm, metric_list, cb) -> dict:
+        progress = self.progress
+        order = data.epoch_order(len(x), shuffle, self._data_seed, progress.epoch)
+        logs = self._logs_from(progress.totals, metric_list) if progress.step else {}
+        for batch in data.global_batches(order[:num_steps * batch_size], batch_size, progress.step):
+            step = progress.step
             cb.on_train_batch_begin(step)
             start, stop = data.shard_bounds(len(batch), comm.rank, comm.size)
             local = batch[start:stop]
-            totals += self._train_step(data.take(x, local), data.take(y, local), data.take(sample_weight, local),
-                                       len(batch), comm, metric_list)
-            self._epoch_totals, self._epoch_step = totals, step + 1
-            logs = self._logs_from(totals, metric_list)
+            states = self._train_step(data.take(x, local), data.take(y, local), data.take(sample_weight, local),
+                                      len(batch), comm, metric_list)
+            progress.totals += states[:-1]
+            progress.step += 1
+            # A stop request (a preemption signal on any rank) is summed with the metrics, so every
+            # rank agrees to stop after the same step without an extra collective.
+            self._stop_now = states[-1] > 0
+            logs = self._logs_from(progress.totals, metric_list)
             cb.on_train_batch_end(step, logs)
-            if self.stop_training_now:
+            if self._stop_now or self.stop_training:  # Keras stops within the epoch too
                 break
         return logs
 
@@ -362,9 +392,9 @@ class TrainingMixin:
         metric_list = self._build_metrics(y)
         start, stop = data.shard_bounds(len(x), comm.rank, comm.size)
         local = slice(start, stop)
-        totals = self._train_step(data.take(x, local), data.take(y, local), data.take(sample_weight, local),
+        states = self._train_step(data.take(x, local), data.take(y, local), data.take(sample_weight, local),
                                   len(x), comm, metric_list)
-        logs = self._logs_from(totals, metric_list)
+        logs = self._logs_from(states[:-1], metric_list)
         if return_dict:
             return logs
         values = list(logs.values())

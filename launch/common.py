@@ -1,0 +1,68 @@
+"""Shared command line and callbacks of the launch/ training scripts (iris MLP, MNIST CNN).
+
+Each script runs unchanged as ``python launch/train_X.py``, under ``mpiexec -n N`` / ``distnn-run``,
+and inside a Slurm/PBS/Kubernetes job: ``--batch-size`` is the global batch, ``--backup-dir`` turns
+on crash-safe backups that a restarted job resumes from.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+import numpy as np
+
+from distnn import distributed
+
+
+def parser(description: str, epochs: int, batch_size: int, optimizer: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--batch-size", type=int, default=batch_size, help="global batch size across all ranks")
+    p.add_argument("--optimizer", default=optimizer, help="sgd, adam, rmsprop, ...")
+    p.add_argument("--learning-rate", type=float, default=None, help="default: the optimizer's Keras default")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backup-dir", default=None, help="write backups here (rank 0) and resume from the newest")
+    p.add_argument("--save-freq", default="epoch", help="'epoch' or a number of steps between backups")
+    p.add_argument("--keep-backups", action="store_true", help="keep the backups after training finishes")
+    p.add_argument("--limit", type=int, default=None, help="train on the first N samples only")
+    p.add_argument("--save-weights", default=None, help="rank 0 writes the final flat weights to this .npy file")
+    p.add_argument("--save-model", default=None, help="rank 0 saves the trained model to this file")
+    p.add_argument("--verbose", type=int, default=2)
+    return p
+
+
+def report_rank() -> None:
+    """One line per rank, so a job log shows where every replica ran."""
+    print(f"distnn rank={distributed.rank()} size={distributed.size()} local_rank={distributed.local_rank()} "
+          f"node={os.environ.get('SLURM_NODEID', '-')}", flush=True)
+
+
+def optimizer_from(args: argparse.Namespace) -> Any:
+    from distnn import optimizers  # noqa: PLC0415
+
+    optimizer = optimizers.get(args.optimizer)
+    if args.learning_rate is not None:
+        optimizer.learning_rate = args.learning_rate
+    return optimizer
+
+
+def callbacks_from(args: argparse.Namespace) -> list:
+    if not args.backup_dir:
+        return []
+    from distnn.callbacks import BackupAndRestore  # noqa: PLC0415
+
+    save_freq = args.save_freq if args.save_freq == "epoch" else int(args.save_freq)
+    return [BackupAndRestore(args.backup_dir, save_freq=save_freq, delete_checkpoint=not args.keep_backups)]
+
+
+def finish(model: Any, args: argparse.Namespace, x_test: np.ndarray, y_test: np.ndarray) -> float:
+    """Evaluate on the test set (sharded across ranks) and write the requested files on rank 0."""
+    loss, accuracy = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
+    if distributed.is_root():
+        print(f"test_loss={loss:.4f} test_accuracy={accuracy:.4f}", flush=True)
+        if args.save_weights:
+            np.save(args.save_weights, np.asarray(model.params))
+        if args.save_model:
+            model.save(args.save_model)
+    return accuracy

@@ -1,0 +1,79 @@
+"""Train a small model and save the final weights; run under mpiexec -n N or plain python.
+
+    python train_parity.py OUT.npz [--model mlp|cnn] [--samples 203] [--batch-size 32] [--epochs 2]
+
+Rank 0 writes OUT.npz with the flat parameters after every epoch (``epoch{e}``), the evaluate
+results and the predictions, so the test compares N ranks with one process. Every rank also
+checks, after every epoch, that all ranks hold identical weights.
+"""
+import argparse
+
+import numpy as np
+
+import distnn
+from distnn import distributed
+from distnn.callbacks import Callback
+from distnn.datasets import make_classification
+from distnn.layers import Dense
+from distnn.models import Sequential
+from distnn.utils import set_random_seed, to_categorical
+
+
+class RecordAndCompare(Callback):
+    """Keeps each epoch's weights and asserts that every rank holds the same ones."""
+
+    def __init__(self):
+        super().__init__()
+        self.snapshots = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        params = distnn.backend.to_numpy(self.model.params).copy()
+        gathered = distributed.get_communicator().allgather_obj(params)
+        for r, other in enumerate(gathered):
+            if not np.array_equal(other, params):
+                raise AssertionError(f"rank {r} holds different weights after epoch {epoch}")
+        self.snapshots[f"epoch{epoch}"] = params
+
+
+def build(kind, input_shape, classes):
+    if kind == "mlp":
+        layers = [Dense(16, activation="relu", input_shape=input_shape), Dense(classes, activation="softmax")]
+    else:
+        from distnn.layers import Conv2D, Flatten, MaxPooling2D  # the image layers
+
+        layers = [Conv2D(4, (3, 3), activation="relu", input_shape=input_shape), MaxPooling2D((2, 2)),
+                  Flatten(), Dense(classes, activation="softmax")]
+    return Sequential(layers)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--model", default="mlp", choices=["mlp", "cnn"])
+    parser.add_argument("--samples", type=int, default=203)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--optimizer", default="adam")
+    parser.add_argument("--hidden", type=int, default=16, help="first layer width (a mismatch test varies it per rank)")
+    args = parser.parse_args()
+
+    set_random_seed(7)
+    shape = (8,) if args.model == "mlp" else (8, 8, 1)
+    x, y = make_classification(args.samples, n_classes=3, shape=shape, seed=1)
+    y = to_categorical(y, 3)
+    model = build(args.model, shape, 3)
+    if args.hidden != 16:
+        model = Sequential([Dense(args.hidden, activation="relu", input_shape=shape), Dense(3, activation="softmax")])
+    model.compile(optimizer=args.optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
+    recorder = RecordAndCompare()
+    history = model.fit(x, y, batch_size=args.batch_size, epochs=args.epochs, verbose=0, callbacks=[recorder])
+    evaluation = model.evaluate(x, y, batch_size=17, verbose=0)
+    predictions = model.predict(x, batch_size=19)
+    if distributed.rank() == 0:
+        np.savez(args.out, evaluation=np.array(evaluation), predictions=predictions,
+                 loss_history=np.array(history.history["loss"]), **recorder.snapshots)
+        print(f"size={distributed.size()} evaluation={evaluation}")
+
+
+if __name__ == "__main__":
+    main()
