@@ -52,13 +52,26 @@ def _load_cupy(required: bool) -> Any:
     return None
 
 
-def set_device(device: str | None = None, local_rank: int = 0) -> str:
+# Local-rank variables of the common launchers (hydra, Open MPI, Slurm), read without touching MPI.
+_LOCAL_RANK_VARIABLES = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "PMI_LOCAL_RANK")
+
+
+def _launcher_local_rank() -> int:
+    for name in _LOCAL_RANK_VARIABLES:
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def set_device(device: str | None = None, local_rank: int | None = None) -> str:
     """Choose ``"cpu"`` or ``"gpu"`` for this process; returns the device actually used.
 
     Args:
         device: ``"cpu"``, ``"gpu"`` or ``"auto"`` (GPU when one is visible). ``None`` reads
             ``DISTNN_DEVICE`` (default ``"cpu"``).
-        local_rank: this process's rank on its node; picks GPU ``local_rank % device_count``.
+        local_rank: this process's rank on its node (default: from the launcher's environment);
+            picks GPU ``local_rank % n``, with ``n`` = ``DISTNN_GPUS_PER_NODE`` (set by
+            ``distnn-run --gpus-per-node``) or the number of visible devices.
     """
     global _cupy, _device
     device = (device or os.environ.get("DISTNN_DEVICE", "cpu")).lower()
@@ -66,7 +79,10 @@ def set_device(device: str | None = None, local_rank: int = 0) -> str:
         raise ValueError(f"device must be one of {_VALID_DEVICES}. Received: device={device!r}")
     _cupy = None if device == "cpu" else _load_cupy(required=device == "gpu")
     if _cupy is not None:
-        _cupy.cuda.Device(local_rank % _cupy.cuda.runtime.getDeviceCount()).use()
+        per_node = os.environ.get("DISTNN_GPUS_PER_NODE", "")
+        count = int(per_node) if per_node.isdigit() and int(per_node) > 0 else _cupy.cuda.runtime.getDeviceCount()
+        rank = _launcher_local_rank() if local_rank is None else local_rank
+        _cupy.cuda.Device(rank % count).use()
     _device = "gpu" if _cupy is not None else "cpu"
     return _device
 
