@@ -133,13 +133,21 @@ class TrainingMixin:
             if grad is None:
                 break
 
-    def _output_gradient(self, y: Any, y_pred: Any, weights: Any) -> Any:
+    def _output_gradient(self, y: Any, y_pred: Any, weights: Any, global_count: int) -> Any:
+        """dL/dy_pred of this shard for L = sum of weighted per-sample losses / global_count.
+
+        Dividing the small output gradient by the step's *global* sample count, rather than the
+        whole gradient buffer afterwards, saves a pass over every parameter; the allreduce then
+        sums shard gradients that are already on the single-process scale.
+        """
         if self._layers[-1].fused_output_activation:
             grad = self.loss.fused_gradient(y, y_pred)
         else:
             grad = self.loss.gradient(y, y_pred)
+        scale = 1.0 / global_count
         if weights is not None:
-            grad = grad * weights.reshape(-1, *([1] * (grad.ndim - 1))).astype(grad.dtype, copy=False)
+            scale = weights.reshape(-1, *([1] * (grad.ndim - 1))) * scale
+        grad *= scale
         return grad.astype(y_pred.dtype, copy=False)
 
     def _batch_states(self, y: Any, y_pred: Any, weights: Any, metric_list: list) -> np.ndarray:
@@ -165,18 +173,16 @@ class TrainingMixin:
     def _penalty(self) -> float:
         return sum(v.regularizer.penalty(v.value) for v in self._regularized)
 
-    def _local_gradients(self, x: Any, y: Any, weights: Any, metric_list: list) -> np.ndarray:
-        """Fill ``self.grads`` with this shard's *summed* per-sample gradients; return its metric states."""
+    def _local_gradients(self, x: Any, y: Any, weights: Any, global_count: int, metric_list: list) -> np.ndarray:
+        """Fill ``self.grads`` with this shard's share of the step's mean gradient; return its metric states."""
         if not len(x):  # an empty shard in a ragged last step still joins the collectives
             self.grads[...] = 0
             return np.zeros(self._state_size(metric_list))
         y_pred = self._forward(x, training=True)
-        self._backward(self._output_gradient(y, y_pred, weights))
+        self._backward(self._output_gradient(y, y_pred, weights, global_count))
         return self._batch_states(y, y_pred, weights, metric_list)
 
-    def _finish_gradients(self, global_count: int) -> None:
-        """Sum of gradients -> mean over the step's global samples, plus regularisation terms."""
-        self.grads *= 1.0 / global_count
+    def _add_regularization_gradients(self) -> None:
         for v in self._regularized:  # identical on every rank: added after the reduction
             v.grad += v.regularizer.gradient(v.value)
 
@@ -184,9 +190,9 @@ class TrainingMixin:
                     metric_list: list) -> np.ndarray:
         """One data-parallel step on this rank's shard; returns the step's global metric states
         followed by the number of ranks that asked to stop."""
-        states = np.append(self._local_gradients(x, y, weights, metric_list), float(self.stop_requested))
+        states = np.append(self._local_gradients(x, y, weights, global_count, metric_list), float(self.stop_requested))
         comm.allreduce(self.grads, op="sum")
-        self._finish_gradients(global_count)
+        self._add_regularization_gradients()
         self.optimizer.apply(self.params, self.grads)
         return comm.allreduce(states, op="sum") if comm.size > 1 else states
 
@@ -200,8 +206,9 @@ class TrainingMixin:
         self._require_compiled("compute_gradients()")
         x, y, sample_weight = self._check_xy(x, y, sample_weight)
         states = self._local_gradients(backend.to_device(x), backend.to_device(y),
-                                       None if sample_weight is None else backend.to_device(sample_weight), [])
-        self._finish_gradients(len(x))
+                                       None if sample_weight is None else backend.to_device(sample_weight),
+                                       len(x), [])
+        self._add_regularization_gradients()
         return self._logs_from(states, [])["loss"], backend.to_numpy(self.grads).copy()
 
     # ------------------------------------------------------------------------ replica syncing
