@@ -61,8 +61,10 @@ class FP16Compressor(Compressor):
     name = "fp16"
 
     def wire_dtype(self, dtype: np.dtype) -> np.dtype:
+        # Only float32 (gradients) travels as float16: float64 buffers carry sums that must stay
+        # exact, such as the training loop's metric totals and sample counts.
         dtype = np.dtype(dtype)
-        return np.dtype(np.float16) if dtype.kind == "f" else dtype
+        return np.dtype(np.float16) if dtype == np.float32 else dtype
 
 
 class Compression:
