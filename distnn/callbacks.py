@@ -55,15 +55,15 @@ class Callback:
 
 
 class CallbackList:
-    """Calls every callback's hook in order: History, the user's, then the progress bar (so the
-    user's ``on_epoch_end`` already sees the epoch in ``model.history``)."""
+    """Calls every callback's hook in order: the user's, then History (so it records what they add to
+    the logs, such as ``learning_rate``), then the progress bar — Keras' order."""
 
     def __init__(self, callbacks: list | None, model: Any, history: "History", progbar: Any, params: dict):
         callbacks = list(callbacks or [])
         for cb in callbacks:
             if not isinstance(cb, Callback):
                 raise TypeError(f"callbacks must be Callback instances. Received: {cb!r}")
-        self.callbacks = [history, *callbacks] + ([progbar] if progbar is not None else [])
+        self.callbacks = [*callbacks, history] + ([progbar] if progbar is not None else [])
         for cb in self.callbacks:
             cb.set_model(model)
             cb.set_params(params)
@@ -103,6 +103,7 @@ class History(Callback):
         self.epoch.append(epoch)
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(value)
+
 
 
 def _format_logs(logs: dict) -> str:

@@ -126,7 +126,8 @@ class BackupAndRestore(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if self.save_freq == "epoch":
-            self._write()
+            # History runs after user callbacks (Keras' order): the finished epoch goes in explicitly.
+            self._write(finished_epoch=(epoch, logs or {}))
 
     def on_train_end(self, logs=None):
         for sig, handler in self._previous_handlers.items():
@@ -147,14 +148,20 @@ class BackupAndRestore(Callback):
         self.model.stop_requested = True
 
     # ------------------------------------------------------------------------------ write
-    def _write(self) -> None:
+    def _write(self, finished_epoch: tuple[int, dict] | None = None) -> None:
         if not self.is_root:
             return
         model = self.model
         progress = model.progress
+        history = {key: list(values) for key, values in model.history.history.items()}
+        epochs = list(model.history.epoch)
+        if finished_epoch is not None:
+            epochs.append(finished_epoch[0])
+            for key, value in finished_epoch[1].items():
+                history.setdefault(key, []).append(value)
         members = saving.model_archive(model)
         state = {"epoch": progress.epoch, "step": progress.step, "totals": progress.totals.tolist(),
-                 "history": model.history.history, "history_epochs": model.history.epoch,
+                 "history": history, "history_epochs": epochs,
                  "data_seed": model._data_seed, "rng": _rng_states(model),
                  "learning_rate": model.optimizer.learning_rate}
         members["progress.json"] = json.dumps(state).encode()
