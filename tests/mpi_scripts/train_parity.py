@@ -1,10 +1,12 @@
 """Train a small model and save the final weights; run under mpiexec -n N or plain python.
 
     python train_parity.py OUT.npz [--model mlp|cnn] [--samples 203] [--batch-size 32] [--epochs 2]
+                           [--verbose 0] [--compression none|fp16] [--hidden 16]
 
 Rank 0 writes OUT.npz with the flat parameters after every epoch (``epoch{e}``), the evaluate
 results and the predictions, so the test compares N ranks with one process. Every rank also
-checks, after every epoch, that all ranks hold identical weights.
+checks, after every epoch, that all ranks hold identical weights, and reports how many epochs
+it checked (``identical_checks``) so the test knows the check ran.
 """
 import argparse
 
@@ -25,6 +27,7 @@ class RecordAndCompare(Callback):
     def __init__(self):
         super().__init__()
         self.snapshots = {}
+        self.checks = 0
 
     def on_epoch_end(self, epoch, logs=None):
         params = distnn.backend.to_numpy(self.model.params).copy()
@@ -33,6 +36,7 @@ class RecordAndCompare(Callback):
             if not np.array_equal(other, params):
                 raise AssertionError(f"rank {r} holds different weights after epoch {epoch}")
         self.snapshots[f"epoch{epoch}"] = params
+        self.checks += 1
 
 
 def build(kind, input_shape, classes):
@@ -55,7 +59,11 @@ def main():
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--optimizer", default="adam")
     parser.add_argument("--hidden", type=int, default=16, help="first layer width (a mismatch test varies it per rank)")
+    parser.add_argument("--verbose", type=int, default=0)
+    parser.add_argument("--compression", default="none", choices=["none", "fp16"])
     args = parser.parse_args()
+
+    comm = distributed.init(compression=args.compression)
 
     set_random_seed(7)
     shape = (8,) if args.model == "mlp" else (8, 8, 1)
@@ -66,13 +74,15 @@ def main():
         model = Sequential([Dense(args.hidden, activation="relu", input_shape=shape), Dense(3, activation="softmax")])
     model.compile(optimizer=args.optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
     recorder = RecordAndCompare()
-    history = model.fit(x, y, batch_size=args.batch_size, epochs=args.epochs, verbose=0, callbacks=[recorder])
+    history = model.fit(x, y, batch_size=args.batch_size, epochs=args.epochs, verbose=args.verbose,
+                        callbacks=[recorder])
     evaluation = model.evaluate(x, y, batch_size=17, verbose=0)
     predictions = model.predict(x, batch_size=19)
     if distributed.rank() == 0:
         np.savez(args.out, evaluation=np.array(evaluation), predictions=predictions,
-                 loss_history=np.array(history.history["loss"]), **recorder.snapshots)
-        print(f"size={distributed.size()} evaluation={evaluation}")
+                 loss_history=np.array(history.history["loss"]), identical_checks=recorder.checks,
+                 **recorder.snapshots)
+        print(f"size={comm.size} compression={comm.compression.name} evaluation={evaluation}", flush=True)
 
 
 if __name__ == "__main__":
