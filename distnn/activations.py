@@ -323,24 +323,39 @@ def get(identifier: str | Callable | ActivationFunction | None) -> ActivationFun
     if isinstance(identifier, ActivationFunction):
         return identifier
     if isinstance(identifier, dict):  # a serialized config {"class_name": ..., "config": ...}
-        return _CLASSES[_ALIASES.get(identifier["class_name"], identifier["class_name"])](**identifier.get("config", {}))
+        return _class(identifier["class_name"])(**identifier.get("config", {}))
     if identifier is None or isinstance(identifier, str):
-        name = _ALIASES.get(identifier, identifier)
-        if name not in _CLASSES:
-            valid = sorted([*_CLASSES, "silu"])
-            raise ValueError(f"Unknown activation {identifier!r}. Valid names: {valid}")
-        return _CLASSES[name]()
+        return _class(identifier)()
     if callable(identifier):
         return _CallableActivation(identifier)
     raise TypeError(f"activation must be a string, a callable or None. Received: activation={identifier!r}")
 
 
+def _class(name: str | None) -> type[ActivationFunction]:
+    """A built-in activation class by name or alias, else a user's registered ``ActivationFunction``."""
+    from distnn.layers.base import registered_objects  # noqa: PLC0415 - lazy: the registry lives with the layers
+
+    name = _ALIASES.get(name, name)
+    if name in _CLASSES:
+        return _CLASSES[name]
+    registered = registered_objects().get(name)
+    if isinstance(registered, type) and issubclass(registered, ActivationFunction):
+        return registered
+    raise ValueError(f"Unknown activation {name!r}. Valid names: {sorted([*_CLASSES, 'silu'])} (a custom "
+                     "ActivationFunction subclass needs @distnn.layers.register_serializable)")
+
+
 def serialize(activation: ActivationFunction) -> str | dict:
-    """A JSON-serialisable description; built-ins with default arguments become their name."""
+    """A JSON-serialisable description; built-ins with default arguments become their name, a user's
+    ``ActivationFunction`` subclass its registered class name."""
     if isinstance(activation, _CallableActivation):
-        raise ValueError(f"Cannot serialize the custom activation {activation.name!r}: register it as an "
-                         "ActivationFunction subclass or pass it through custom_objects")
+        raise ValueError(f"Cannot serialize the custom activation {activation.name!r}: subclass "
+                         "ActivationFunction and decorate it with @distnn.layers.register_serializable")
     config = activation.get_config()
+    if type(activation) not in _CLASSES.values():
+        from distnn.layers.base import serializable_name  # noqa: PLC0415
+
+        return {"class_name": serializable_name(type(activation)), "config": config}
     return activation.name if not config else {"class_name": activation.name, "config": config}
 
 

@@ -105,7 +105,6 @@ class History(Callback):
             self.history.setdefault(key, []).append(value)
 
 
-
 def _format_logs(logs: dict) -> str:
     return " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
 

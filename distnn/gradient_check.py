@@ -55,6 +55,23 @@ def _numeric_gradient(f: Callable[[], float], array: Any, entries: np.ndarray, e
     return out
 
 
+def _noise_replayer(layers: list) -> Callable[[], None]:
+    """A function that rewinds every random generator the layers draw from (their own ``_rng`` and
+    distnn's global one), so each forward pass of a check reuses the same dropout mask: the checked
+    function is then deterministic, as finite differences require."""
+    from distnn.utils import global_rng  # noqa: PLC0415
+
+    generators = [global_rng()] + [layer._rng for layer in layers
+                                   if isinstance(getattr(layer, "_rng", None), np.random.Generator)]
+    states = [g.bit_generator.state for g in generators]
+
+    def replay() -> None:
+        for generator, state in zip(generators, states):
+            generator.bit_generator.state = state
+
+    return replay
+
+
 def _entries(size: int, max_entries: int, rng: np.random.Generator) -> np.ndarray:
     return np.arange(size) if size <= max_entries else np.sort(rng.choice(size, max_entries, replace=False))
 
@@ -84,15 +101,18 @@ def check_layer_gradients(layer: Any, input_shape: tuple | None = None, x: Any =
         if input_shape is None:
             raise ValueError("check_layer_gradients needs input_shape or x. Received neither")
         x = rng.standard_normal(input_shape)
-    x = backend.to_device(np.asarray(x, dtype=np.float64))
+    # Contiguous, so that perturbing x.reshape(-1) perturbs x (a transposed view would reshape to a copy).
+    x = backend.to_device(np.ascontiguousarray(x, dtype=np.float64))
     if layer.dtype != "float64":
         raise ValueError(f"Gradient checks run in float64: create the layer with dtype='float64'. "
                          f"Received: layer {layer.name!r} with dtype={layer.dtype}")
     layer.propagate_input_grad = True
+    replay_noise = _noise_replayer([layer])
     y = layer(x, training=training)
     r = backend.to_device(rng.standard_normal(y.shape))
 
     def objective() -> float:
+        replay_noise()
         return float((layer.call(x, training=training) * r).sum())
 
     objective()
@@ -124,9 +144,12 @@ def check_model_gradients(model: Any, x: Any, y: Any, sample_weight: Any = None,
     if model.params.dtype != np.float64:
         raise ValueError("Gradient checks run in float64: call distnn.backend.set_floatx('float64') before "
                          f"building the model. Received: params of dtype {model.params.dtype}")
+    replay_noise = _noise_replayer(model.layers)
+    replay_noise()
     _, grads = model.compute_gradients(x, y, sample_weight)
 
     def objective() -> float:
+        replay_noise()
         values = model.loss.call(backend.to_device(np.asarray(y, dtype=np.float64)),
                                  model._forward(backend.to_device(np.asarray(x, dtype=np.float64)), training=True))
         if sample_weight is not None:

@@ -2,8 +2,9 @@
 
 Each initializer is called as ``init(shape, dtype, rng)`` and returns a host (numpy) array; the
 model copies it into its flat parameter buffer on the device. ``rng`` is a
-``numpy.random.Generator``; an initializer built with ``seed=`` uses its own generator instead,
-so a layer's initial weights can be fixed independently of the global seed.
+``numpy.random.Generator``; an initializer built with ``seed=`` draws from a fresh generator of
+that seed on every call instead (Keras 3: the same values each call), so a layer's initial
+weights can be fixed independently of the global seed.
 """
 from __future__ import annotations
 
@@ -28,11 +29,11 @@ class Initializer:
 
     def __init__(self, seed: int | None = None):
         self.seed = seed
-        self._rng = None if seed is None else np.random.default_rng(seed)
 
     def __call__(self, shape: tuple[int, ...], dtype: Any = "float32",
                  rng: np.random.Generator | None = None) -> np.ndarray:
-        rng = self._rng or rng or np.random.default_rng()
+        # As Keras 3, a seeded initializer gives the same values on every call (for a given shape).
+        rng = np.random.default_rng(self.seed) if self.seed is not None else rng or np.random.default_rng()
         return np.asarray(self.generate(tuple(shape), rng), dtype=dtype)
 
     def generate(self, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:

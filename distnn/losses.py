@@ -328,7 +328,9 @@ def get(identifier: Any, custom_objects: dict | None = None) -> Loss:
     if isinstance(identifier, type) and issubclass(identifier, Loss):
         return identifier()
     if isinstance(identifier, dict):
-        classes = {**_CLASSES, **(custom_objects or {})}
+        from distnn.layers.base import registered_objects  # noqa: PLC0415 - lazy: the registry lives with the layers
+
+        classes = {**_CLASSES, **registered_objects(), **(custom_objects or {})}
         cls = classes.get(identifier.get("class_name"))
         if cls is None:
             raise ValueError(f"Unknown loss class {identifier.get('class_name')!r}: pass it in custom_objects")
@@ -342,4 +344,6 @@ def get(identifier: Any, custom_objects: dict | None = None) -> Loss:
 
 
 def serialize(loss: Loss) -> dict:
-    return {"class_name": type(loss).__name__, "config": loss.get_config()}
+    from distnn.layers.base import serializable_name  # noqa: PLC0415 - lazy: the registry lives with the layers
+
+    return {"class_name": serializable_name(type(loss)), "config": loss.get_config()}

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 
 from distnn import backend
-from distnn.layers.base import Layer, Variable, registered_objects
+from distnn.layers.base import Layer, Variable, registered_objects, serializable_name
 from distnn.layers.core import InputLayer
 from distnn.training import TrainingMixin
 
@@ -103,6 +103,8 @@ class Sequential(TrainingMixin):
             self._output_shapes.append(shape)
         self._bind_buffers()
         self.built = True
+        if self.compiled:  # add()/pop() after compile: the old optimizer state and fusion no longer fit
+            self._prepare_optimizer()
 
     def _bind_buffers(self) -> None:
         """Gather every weight into the flat buffers; the variables become views into them."""
@@ -192,7 +194,7 @@ class Sequential(TrainingMixin):
     def get_config(self) -> dict:
         return {"name": self.name,
                 "input_shape": None if self._input_shape is None else list(self._input_shape),
-                "layers": [{"class_name": type(layer).__name__, "config": layer.get_config()}
+                "layers": [{"class_name": serializable_name(type(layer)), "config": layer.get_config()}
                            for layer in self._layers]}
 
     @classmethod

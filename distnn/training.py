@@ -99,9 +99,7 @@ class TrainingMixin:
 
     def _ensure_built(self, x: np.ndarray) -> None:
         if not self.built:
-            self.build((None, *x.shape[1:]))
-            if self.compiled:
-                self._prepare_optimizer()
+            self.build((None, *x.shape[1:]))  # prepares the optimizer too when compiled
         elif self.compiled and not self.optimizer.built:
             self._prepare_optimizer()
         expected = self._input_shape[1:]

@@ -40,7 +40,7 @@ def reset_name_counters() -> None:
 
 def _snake_case(name: str) -> str:
     name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
-    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()  # Keras: Conv2D -> conv2d
 
 
 def _unique_name(base: str) -> str:
@@ -56,7 +56,8 @@ def register_serializable(cls: type | None = None, *, name: str | None = None):
     registered or explicitly given classes can be rebuilt from a saved config.
     """
     def register(klass: type) -> type:
-        _registry[name or klass.__name__] = klass
+        klass._registered_name = name or klass.__name__  # saved configs use this name
+        _registry[klass._registered_name] = klass
         return klass
 
     return register(cls) if cls is not None else register
@@ -64,6 +65,12 @@ def register_serializable(cls: type | None = None, *, name: str | None = None):
 
 def registered_objects() -> dict[str, type]:
     return dict(_registry)
+
+
+def serializable_name(cls: type) -> str:
+    """The ``class_name`` saved for ``cls``: its registered name, else its class name. Looked up on
+    the class itself, so an unregistered subclass of a registered class keeps its own name."""
+    return vars(cls).get("_registered_name", cls.__name__)
 
 
 def normalize_tuple(value: Any, n: int, arg_name: str) -> tuple[int, ...]:

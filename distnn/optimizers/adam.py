@@ -79,8 +79,9 @@ class Nadam(Adam):
     def _update(self, params, grads, lr):
         xp = get_array_module(params)
         step = self.iterations + 1
-        u_t = self.beta_1 * (1 - 0.5 * 0.96 ** (0.004 * step))
-        u_t_1 = self.beta_1 * (1 - 0.5 * 0.96 ** (0.004 * (step + 1)))
+        # Keras 3's momentum schedule: 0.96 ** step (Keras 2 used 0.96 ** (0.004 * step)).
+        u_t = self.beta_1 * (1 - 0.5 * 0.96 ** step)
+        u_t_1 = self.beta_1 * (1 - 0.5 * 0.96 ** (step + 1))
         u_product_t = self.u_product * u_t
         u_product_t_1 = u_product_t * u_t_1
         m, v = self._moments(grads)

@@ -7,6 +7,7 @@ broadcast as a few arrays (DESIGN.md).
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 import numpy as np
@@ -19,7 +20,8 @@ class Optimizer:
     """Base class.
 
     Args:
-        learning_rate: a float, a ``LearningRateSchedule`` or a callable ``f(step) -> float``.
+        learning_rate: a float, a ``LearningRateSchedule``, a callable ``f(step) -> float`` or, as in
+            Keras, a callable that takes no arguments.
         clipnorm: clip each variable's gradient to this L2 norm.
         clipvalue: clip every gradient element to ``[-clipvalue, clipvalue]``.
         global_clipnorm: clip the whole gradient to this L2 norm.
@@ -55,7 +57,7 @@ class Optimizer:
     def learning_rate(self) -> float:
         """The rate of the next step (a schedule is evaluated at ``iterations``)."""
         lr = self._learning_rate
-        return float(lr(self.iterations)) if callable(lr) else lr
+        return float(_call_rate(lr, self.iterations)) if callable(lr) else lr
 
     @learning_rate.setter
     def learning_rate(self, value: float | Callable) -> None:
@@ -145,3 +147,14 @@ class Optimizer:
         if isinstance(config.get("learning_rate"), dict):
             config["learning_rate"] = schedules.deserialize(config["learning_rate"], custom_objects)
         return cls(**config)
+
+
+def _call_rate(fn: Callable, step: int) -> float:
+    """Schedules take the step; Keras' plain learning-rate callables take nothing. Accept both."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: assume a schedule
+        return fn(step)
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                  inspect.Parameter.VAR_POSITIONAL)
+    return fn(step) if any(p.kind in positional for p in parameters) else fn()
