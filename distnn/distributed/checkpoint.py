@@ -131,7 +131,9 @@ class BackupAndRestore(Callback):
 
     def on_train_end(self, logs=None):
         for sig, handler in self._previous_handlers.items():
-            signal.signal(sig, handler)
+            # After a preemption, a late copy of the signal (the scheduler signals every rank, and
+            # they stop as soon as one has it) must not kill this rank during the clean exit.
+            signal.signal(sig, signal.SIG_IGN if self.model.preempted else handler)
         self._previous_handlers.clear()
         comm = get_communicator()
         if self.model.preempted:
