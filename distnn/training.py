@@ -175,6 +175,10 @@ class TrainingMixin:
         """Fill ``self.grads`` with this shard's share of the step's mean gradient; return its metric states."""
         if not len(x):  # an empty shard in a ragged last step still joins the collectives
             self.grads[...] = 0
+            for layer in self._layers:
+                layer.empty_shard_forward()
+            for layer in reversed(self._layers):
+                layer.empty_shard_backward()
             return np.zeros(self._state_size(metric_list))
         y_pred = self._forward(x, training=True)
         self._backward(self._output_gradient(y, y_pred, weights, global_count))

@@ -27,9 +27,10 @@ def relative_difference(expected: np.ndarray, actual: np.ndarray) -> float:
 
 
 def assert_same_training(reference: dict, result: dict, tolerance: float = TOLERANCE) -> None:
-    """Epoch snapshots, loss history, evaluate and predict (in order) agree with the reference."""
-    epochs = sorted(k for k in reference if k.startswith("epoch"))
-    assert epochs and sorted(k for k in result if k.startswith("epoch")) == epochs
+    """Epoch snapshots (weights and moving statistics), loss history, evaluate and predict (in order)
+    agree with the reference."""
+    epochs = sorted(k for k in reference if k.startswith(("epoch", "state")) and reference[k].size)
+    assert epochs and all(key in result for key in epochs)
     for key in [*epochs, "loss_history", "evaluation", "predictions"]:
         difference = relative_difference(reference[key], result[key])
         assert difference <= tolerance, f"{key}: relative difference {difference:.2e} > {tolerance:.0e}"
@@ -49,12 +50,12 @@ def parity_run(out, *args, n=None, **kwargs) -> dict:
 def references(tmp_path_factory):
     """Single-process (no MPI) runs of the parity script, one per model."""
     directory = tmp_path_factory.mktemp("reference")
-    return {model: parity_run(directory / f"{model}.npz", "--model", model) for model in ("mlp", "cnn")}
+    return {model: parity_run(directory / f"{model}.npz", "--model", model) for model in ("mlp", "cnn", "cnn-bn")}
 
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("model, n", [("mlp", 1), ("mlp", 2), ("mlp", 3), ("mlp", 4),
-                                      ("cnn", 1), ("cnn", 2), ("cnn", 3)])
+                                      ("cnn", 1), ("cnn", 2), ("cnn", 3), ("cnn-bn", 2), ("cnn-bn", 3)])
 def test_n_ranks_train_like_one_process(references, tmp_path, model, n):
     # 203 samples, global batch 32: divisible neither by the batch nor by any N > 1, so the
     # last step is ragged and the shards are uneven.
@@ -73,12 +74,12 @@ def test_n_ranks_train_like_one_process(references, tmp_path, model, n):
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("samples, batch_size, n", [(10, 4, 3), (7, 6, 4)])
-def test_ragged_last_step_with_empty_shards(tmp_path, samples, batch_size, n):
+@pytest.mark.parametrize("samples, batch_size, n, model", [(10, 4, 3, "mlp"), (7, 6, 4, "mlp"), (10, 4, 3, "cnn-bn")])
+def test_ragged_last_step_with_empty_shards(tmp_path, samples, batch_size, n, model):
     last = samples % batch_size
     shards = [data.shard_bounds(last, rank, n) for rank in range(n)]
     assert any(start == stop for start, stop in shards), "the case must leave some rank without samples"
-    args = ["--samples", str(samples), "--batch-size", str(batch_size)]
+    args = ["--samples", str(samples), "--batch-size", str(batch_size), "--model", model]
     reference = parity_run(tmp_path / "one.npz", *args)
     result = parity_run(tmp_path / "many.npz", *args, n=n)
     assert_same_training(reference, result)

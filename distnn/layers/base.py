@@ -232,6 +232,13 @@ class Layer:
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         return tuple(input_shape)
 
+    def empty_shard_forward(self) -> None:
+        """Called instead of ``call`` on a rank whose shard of a training step is empty. A layer that
+        communicates in ``call`` (synchronized BatchNormalization) joins those collectives here."""
+
+    def empty_shard_backward(self) -> None:
+        """Called instead of ``backward`` on a rank whose shard of a training step is empty."""
+
     def build_for(self, input_shape: tuple) -> tuple:
         """Build the layer for ``input_shape`` if needed and return its output shape."""
         input_shape = (None, *tuple(input_shape)[1:])

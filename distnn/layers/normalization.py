@@ -47,8 +47,13 @@ class BatchNormalization(Layer):
     In training, ``y = gamma * (x - mean_B) / sqrt(var_B + epsilon) + beta`` over the batch (and
     every axis but ``axis``), and the moving statistics are updated as
     ``moving = moving * momentum + batch_value * (1 - momentum)``; in inference (``training=False``
-    or ``trainable=False``, as in Keras 3) the moving statistics replace the batch ones. Under MPI,
-    batch statistics are those of each rank's shard, as in Keras without ``synchronized=True``.
+    or ``trainable=False``, as in Keras 3) the moving statistics replace the batch ones.
+
+    Under MPI the batch statistics are those of the *global* batch by default (``synchronized=True``):
+    each training step allreduces the per-feature sums (two small collectives forward, one backward),
+    so N ranks normalize exactly as one process does and their moving statistics stay identical.
+    ``synchronized=False`` uses each rank's own shard, as Keras does by default — cheaper, but no
+    longer equal to single-process training.
 
     Args:
         axis: the feature axis (or axes), default -1 (channels-last).
@@ -59,6 +64,7 @@ class BatchNormalization(Layer):
         beta_initializer, gamma_initializer, moving_mean_initializer, moving_variance_initializer:
             initializers of the four weights.
         beta_regularizer, gamma_regularizer: regularizers of ``beta`` and ``gamma``.
+        synchronized: compute batch statistics over all ranks' shards (the global batch).
 
     Input shape:
         Arbitrary.
@@ -70,8 +76,10 @@ class BatchNormalization(Layer):
     def __init__(self, axis: Any = -1, momentum: float = 0.99, epsilon: float = 1e-3, center: bool = True,
                  scale: bool = True, beta_initializer: Any = "zeros", gamma_initializer: Any = "ones",
                  moving_mean_initializer: Any = "zeros", moving_variance_initializer: Any = "ones",
-                 beta_regularizer: Any = None, gamma_regularizer: Any = None, **kwargs: Any):
+                 beta_regularizer: Any = None, gamma_regularizer: Any = None, synchronized: bool = True,
+                 **kwargs: Any):
         super().__init__(**kwargs)
+        self.synchronized = bool(synchronized)
         if not 0 <= momentum <= 1:
             raise ValueError(f"momentum must be in [0, 1]. Received: momentum={momentum}")
         if not epsilon > 0:
@@ -104,11 +112,13 @@ class BatchNormalization(Layer):
         stats = self._stats
         self._training = bool(training) and self.trainable
         if self._training:
-            self._count = x.size // int(np.prod(stats.param_shape))
-            mean = x.mean(axis=stats.reduce_axes, keepdims=True)
+            # Sums, not means: they add up across ranks into the global batch's statistics.
+            sums = self._global_sum(x.sum(axis=stats.reduce_axes, keepdims=True), x.size // self._features)
+            self._count = self._global_count
+            mean = sums / self._count
             centered = xp.subtract(x, mean, out=self._buffer("xhat", x.shape))
-            variance = xp.square(centered, out=self._buffer("square", x.shape)).mean(axis=stats.reduce_axes,
-                                                                                  keepdims=True)
+            square = xp.square(centered, out=self._buffer("square", x.shape))
+            variance = self._global_sum(square.sum(axis=stats.reduce_axes, keepdims=True)) / self._count
             self._update_moving(self.moving_mean.value, mean)
             self._update_moving(self.moving_variance.value, variance)
         else:
@@ -123,6 +133,49 @@ class BatchNormalization(Layer):
             y += stats.broadcast(self.beta.value)
         return y
 
+    @property
+    def _features(self) -> int:
+        return int(np.prod(self._stats.param_shape))
+
+    def _communicator(self) -> Any:
+        """The communicator to sum statistics over, or None (unsynchronized, or a single process)."""
+        if not self.synchronized:
+            return None
+        from distnn.distributed import get_communicator  # noqa: PLC0415 - keeps MPI out of layer imports
+
+        comm = get_communicator()
+        return comm if comm.size > 1 else None
+
+    def _global_sum(self, local: Any, count: int | None = None) -> Any:
+        """``local`` summed over all ranks (and, with ``count``, the global element count in
+        ``self._global_count``); the local values unchanged when not synchronized."""
+        comm = self._communicator()
+        if comm is None:
+            if count is not None:
+                self._global_count = count
+            return local
+        host = np.append(backend.to_numpy(local).astype(np.float64).ravel(), [] if count is None else [count])
+        comm.allreduce(host, op="sum")
+        if count is not None:
+            self._global_count, host = int(host[-1]), host[:-1]
+        return backend.to_device(host.reshape(local.shape), dtype=local.dtype)
+
+    def empty_shard_forward(self) -> None:
+        """A rank with no samples in this step still joins the statistics' sums (with zeros) and
+        applies the same moving-average update, so every rank's state stays identical."""
+        if not (self.trainable and self._communicator()):
+            return
+        zeros = backend.xp().zeros(self._stats.broadcast_shape, dtype=self.dtype)
+        mean = self._global_sum(zeros, 0) / self._global_count
+        variance = self._global_sum(zeros) / self._global_count
+        self._update_moving(self.moving_mean.value, mean)
+        self._update_moving(self.moving_variance.value, variance)
+
+    def empty_shard_backward(self) -> None:
+        # Mirrors backward(): only the input gradient needs the global sums.
+        if self.trainable and self.propagate_input_grad and self._communicator():
+            self._global_sum(backend.xp().zeros((2, self._features), dtype=self.dtype))
+
     def _update_moving(self, moving: Any, batch_value: Any) -> None:
         moving *= self.momentum
         moving += (1.0 - self.momentum) * batch_value.reshape(moving.shape)
@@ -132,6 +185,7 @@ class BatchNormalization(Layer):
         stats = self._stats
         dbeta = grad.sum(axis=stats.reduce_axes, keepdims=True)
         dgamma = (grad * self._xhat).sum(axis=stats.reduce_axes, keepdims=True)
+        # The weight gradients stay this shard's: the training loop's allreduce sums them.
         if self.beta is not None:
             self.beta.grad[...] = dbeta.reshape(self.beta.grad.shape)
         if self.gamma is not None:
@@ -141,6 +195,9 @@ class BatchNormalization(Layer):
         scale = self._inv_std if self.gamma is None else self._inv_std * stats.broadcast(self.gamma.value)
         if not self._training:  # the moving statistics are constants
             return grad * scale
+        if self._communicator():  # dx depends on the global batch's sums
+            both = self._global_sum(xp.stack([dbeta.ravel(), dgamma.ravel()]))
+            dbeta, dgamma = both[0].reshape(dbeta.shape), both[1].reshape(dgamma.shape)
         # d/dx of the batch-normalized value: the batch mean and variance depend on x too.
         dx = self._buffer("dx", grad.shape)
         xp.multiply(self._xhat, dgamma * (1.0 / self._count), out=dx)
@@ -159,6 +216,7 @@ class BatchNormalization(Layer):
             "moving_variance_initializer": initializers.serialize(self.moving_variance_initializer),
             "beta_regularizer": regularizers.serialize(self.beta_regularizer),
             "gamma_regularizer": regularizers.serialize(self.gamma_regularizer),
+            "synchronized": self.synchronized,
         }
 
 

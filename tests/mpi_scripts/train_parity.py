@@ -22,7 +22,8 @@ from distnn.utils import set_random_seed, to_categorical
 
 
 class RecordAndCompare(Callback):
-    """Keeps each epoch's weights and asserts that every rank holds the same ones."""
+    """Keeps each epoch's weights and non-trainable state (BatchNormalization's moving statistics)
+    and asserts that every rank holds the same ones."""
 
     def __init__(self):
         super().__init__()
@@ -31,29 +32,38 @@ class RecordAndCompare(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         params = distnn.backend.to_numpy(self.model.params).copy()
-        gathered = distributed.get_communicator().allgather_obj(params)
-        for r, other in enumerate(gathered):
-            if not np.array_equal(other, params):
-                raise AssertionError(f"rank {r} holds different weights after epoch {epoch}")
+        state = distnn.backend.to_numpy(self.model.state).copy()
+        gathered = distributed.get_communicator().allgather_obj((params, state))
+        for r, (other_params, other_state) in enumerate(gathered):
+            if not (np.array_equal(other_params, params) and np.array_equal(other_state, state)):
+                raise AssertionError(f"rank {r} holds different weights or state after epoch {epoch}")
         self.snapshots[f"epoch{epoch}"] = params
+        self.snapshots[f"state{epoch}"] = state
         self.checks += 1
 
 
 def build(kind, input_shape, classes):
     if kind == "mlp":
         layers = [Dense(16, activation="relu", input_shape=input_shape), Dense(classes, activation="softmax")]
-    else:
+    elif kind == "cnn":
         from distnn.layers import Conv2D, Flatten, MaxPooling2D  # the image layers
 
         layers = [Conv2D(4, (3, 3), activation="relu", input_shape=input_shape), MaxPooling2D((2, 2)),
                   Flatten(), Dense(classes, activation="softmax")]
+    else:  # synchronized BatchNormalization: global-batch statistics on every rank
+        from distnn.layers import Activation, BatchNormalization, Conv2D, Flatten, MaxPooling2D
+
+        # No conv bias: BatchNormalization cancels it (its true gradient is 0, which Adam would turn
+        # into +-lr steps of rounding noise).
+        layers = [Conv2D(4, (3, 3), use_bias=False, input_shape=input_shape), BatchNormalization(), Activation("relu"),
+                  MaxPooling2D((2, 2)), Flatten(), Dense(classes, activation="softmax")]
     return Sequential(layers)
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
-    parser.add_argument("--model", default="mlp", choices=["mlp", "cnn"])
+    parser.add_argument("--model", default="mlp", choices=["mlp", "cnn", "cnn-bn"])
     parser.add_argument("--samples", type=int, default=203)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=2)
