@@ -22,6 +22,8 @@ for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
+import torch_reference  # noqa: E402 - beside this script
+
 MACS_PER_SAMPLE = 26 * 26 * 32 * 9 + 11 * 11 * 64 * 288 + 3 * 3 * 64 * 576 + 576 * 64 + 64 * 10  # forward
 
 
@@ -125,17 +127,8 @@ def bench_torch(x: np.ndarray, y: np.ndarray, batch_size: int, epochs: int) -> t
         nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(64, 64, 3), nn.ReLU(), nn.Flatten(), nn.Linear(576, 64), nn.ReLU(), nn.Linear(64, 10))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
-    loss_fn = nn.CrossEntropyLoss()
-    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))  # PyTorch's NCHW
-    yt = torch.from_numpy(y)
-
-    def epoch(n: int) -> None:
-        order = torch.randperm(n)
-        for i in range(0, n, batch_size):
-            idx = order[i:i + batch_size]
-            opt.zero_grad()
-            loss_fn(model(xt[idx]), yt[idx]).backward()
-            opt.step()
+    x_nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # PyTorch's layout
+    epoch = torch_reference.epoch_runner(model, opt, x_nchw, y, batch_size)
 
     epoch(batch_size * 10)  # warm up
     with Clock() as clock:

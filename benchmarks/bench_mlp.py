@@ -20,6 +20,8 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
+import torch_reference  # noqa: E402 - beside this script
+
 SIZES = (784, 512, 512, 10)
 PARAMS = sum(a * b + b for a, b in zip(SIZES[:-1], SIZES[1:]))  # 669,706
 FLOPS_PER_SAMPLE = 6 * PARAMS
@@ -76,16 +78,7 @@ def bench_torch(x: np.ndarray, y: np.ndarray, batch_size: int, epochs: int) -> f
             layers.append(torch.nn.ReLU())
     model = torch.nn.Sequential(*layers)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-
-    def epoch(n: int) -> None:
-        order = torch.randperm(n)
-        for i in range(0, n, batch_size):
-            idx = order[i:i + batch_size]
-            opt.zero_grad()
-            loss_fn(model(xt[idx]), yt[idx]).backward()
-            opt.step()
+    epoch = torch_reference.epoch_runner(model, opt, x, y, batch_size)
 
     epoch(batch_size * 20)  # warm up
     start = time.perf_counter()

@@ -1,36 +1,5 @@
 #!/usr/bin/env bash
-# Train the MNIST convnet (launch/train_mnist.py) on NP ranks, checkpointing to BACKUP_DIR.
-# After a crash or preemption, run the same command again: training resumes from the newest
-# valid checkpoint in BACKUP_DIR. Extra arguments go to train_mnist.py.
-#   NP=4 EPOCHS=10 launch/run_mnist.sh
-set -euo pipefail
-
-NP=${NP:-2}                                # ranks (processes)
-EPOCHS=${EPOCHS:-5}
-BATCH_SIZE=${BATCH_SIZE:-128}              # global batch, split across the ranks
-OPTIMIZER=${OPTIMIZER:-adam}
-SEED=${SEED:-0}
-BACKUP_DIR=${BACKUP_DIR:-./backups/mnist}  # checkpoints; delete it to start from scratch
-HOSTS=${HOSTS:-}                           # e.g. node1:2,node2:2 (needs distnn-run)
-MPI_ARGS=${MPI_ARGS:-}                     # extra launcher options, e.g. --allow-run-as-root
-PYTHON=${PYTHON:-$(command -v python3 || command -v python)}
-
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-TRAIN=("$PYTHON" "$HERE/train_mnist.py" --epochs "$EPOCHS" --batch-size "$BATCH_SIZE"
-       --optimizer "$OPTIMIZER" --seed "$SEED" --backup-dir "$BACKUP_DIR" "$@")
-
-if command -v distnn-run >/dev/null; then
-    # distnn-run sets OMP_NUM_THREADS/BLAS threads to cores per rank and speaks any MPI.
-    exec distnn-run -np "$NP" ${HOSTS:+-H "$HOSTS"} --mpi-args "$MPI_ARGS" -- "${TRAIN[@]}"
-fi
-if [[ -n $HOSTS ]]; then
-    echo "run_mnist.sh: HOSTS needs distnn-run (pip install distnn); received HOSTS=$HOSTS" >&2
-    exit 2
-fi
-# Plain mpirun on this machine: give each rank its share of the cores, as distnn-run would.
-THREADS=$(( $(nproc) / NP )); (( THREADS > 0 )) || THREADS=1
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$THREADS}
-export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-$OMP_NUM_THREADS}
-export MKL_NUM_THREADS=${MKL_NUM_THREADS:-$OMP_NUM_THREADS}
-# shellcheck disable=SC2086  # MPI_ARGS is a list of words on purpose
-exec "${MPIRUN:-mpirun}" -n "$NP" $MPI_ARGS "${TRAIN[@]}"
+# Train the MNIST CNN (launch/train_mnist.py) on NP ranks with backups; rerun to resume.
+#   NP=4 EPOCHS=10 launch/run_mnist.sh   (variables: see run_example.sh)
+export EPOCHS=${EPOCHS:-5} BATCH_SIZE=${BATCH_SIZE:-128}
+exec "$(dirname "${BASH_SOURCE[0]}")/run_example.sh" mnist "$@"

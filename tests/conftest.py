@@ -1,6 +1,7 @@
 """Shared test helpers: starting real ``mpiexec`` jobs with a timeout."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -29,32 +30,38 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_mpi(n: int, args: list[str], timeout: float = 120, cwd: str | os.PathLike | None = None,
-            env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``mpiexec -n n python args...``; a hang fails the test instead of blocking CI."""
+def run_command(cmd: list[str], timeout: float = 120, cwd: str | os.PathLike | None = None,
+                env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``cmd`` with a timeout, so that a hang fails the test instead of blocking CI."""
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              cwd=cwd or REPO_ROOT, env=env or subprocess_env())
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{' '.join(cmd)} did not finish in {timeout}s:\n{exc.stdout}\n{exc.stderr}")
+    if check and proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def run_mpi(n: int, args: list[str], **kwargs: object) -> subprocess.CompletedProcess:
+    """Run ``mpiexec -n n python args...`` (keyword arguments as ``run_command``)."""
     mpiexec = find_mpiexec()
     if mpiexec is None:
         pytest.fail("mpiexec not found: install the test extra (it brings the mpich wheel)")
-    cmd = [mpiexec, "-n", str(n), sys.executable, *args]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              cwd=cwd or REPO_ROOT, env=env or subprocess_env())
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{' '.join(cmd)} did not finish in {timeout}s:\n{exc.stdout}\n{exc.stderr}")
-    if check and proc.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
-    return proc
+    return run_command([mpiexec, "-n", str(n), sys.executable, *args], **kwargs)
 
 
-def run_python(args: list[str], timeout: float = 120, cwd: str | os.PathLike | None = None,
-               env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``python args...`` as a plain single process (no MPI launcher)."""
-    cmd = [sys.executable, *args]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              cwd=cwd or REPO_ROOT, env=env or subprocess_env())
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{' '.join(cmd)} did not finish in {timeout}s:\n{exc.stdout}\n{exc.stderr}")
-    if check and proc.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
-    return proc
+def run_python(args: list[str], **kwargs: object) -> subprocess.CompletedProcess:
+    """Run ``python args...`` as a plain single process, no MPI launcher (keyword arguments as ``run_command``)."""
+    return run_command([sys.executable, *args], **kwargs)
+
+
+def load_example(name: str):
+    """Import examples/<name>.py as a module (examples/ is not a package), once per session."""
+    module_name = f"example_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, REPO_ROOT / "examples" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]

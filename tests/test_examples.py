@@ -1,7 +1,5 @@
 """The examples run as a user would run them: the Keras iris script reaches Keras-like accuracy,
 and the custom layer + custom loss example trains, passes the gradient checker and reloads."""
-import importlib.util
-import sys
 
 import numpy as np
 import pytest
@@ -13,23 +11,12 @@ from distnn.layers.base import registered_objects
 from distnn.models import Sequential, load_model
 from distnn.utils import check_layer_gradients, check_loss_gradients, check_model_gradients
 
-from conftest import REPO_ROOT
-
-
-def _load_example(name):
-    """Import examples/<name>.py as a module (examples/ is not a package)."""
-    module_name = f"example_{name}"
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, REPO_ROOT / "examples" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
+from conftest import load_example
 
 
 @pytest.fixture(scope="module")
 def custom():
-    return _load_example("custom_layer_and_loss")
+    return load_example("custom_layer_and_loss")
 
 
 @pytest.fixture
@@ -42,7 +29,7 @@ def float64():
 # --------------------------------------------------------------------------------------- iris
 @pytest.mark.parametrize("optimizer, mean_at_least, each_at_least", [("sgd", 0.95, 0.90), ("adam", 0.97, 0.90)])
 def test_iris_example_accuracy_over_seeds(optimizer, mean_at_least, each_at_least, capsys):
-    iris = _load_example("iris_mlp")
+    iris = load_example("iris_mlp")
     accuracies = [iris.main(["--optimizer", optimizer, "--seed", str(seed)]) for seed in range(5)]
     assert min(accuracies) >= each_at_least, accuracies
     assert np.mean(accuracies) >= mean_at_least, accuracies

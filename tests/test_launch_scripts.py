@@ -55,14 +55,15 @@ def test_run_iris_sh(tmp_path, launcher):
     env = subprocess_env(NP="2", EPOCHS="3", BACKUP_DIR=str(backups), PYTHON=sys.executable,
                          MPIRUN=find_mpiexec(), PATH=os.pathsep.join(path))
     env.pop("OMP_NUM_THREADS")  # the script sets the thread count per rank itself
+    env["SHELLOPTS"] = "xtrace"  # like bash -x, inherited by run_example.sh, which run_iris.sh execs
     try:
-        proc = subprocess.run(["bash", "-x", "launch/run_iris.sh"], cwd=REPO_ROOT, env=env, capture_output=True,
+        proc = subprocess.run(["bash", "launch/run_iris.sh"], cwd=REPO_ROOT, env=env, capture_output=True,
                               text=True, timeout=60)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"run_iris.sh did not finish in 60s:\n{exc.stdout}\n{exc.stderr}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     expected = "distnn-run -np 2" if launcher == "distnn-run" else f"{find_mpiexec()} -n 2"
-    assert f"+ exec {expected} " in proc.stderr  # bash -x shows which launcher the script chose
+    assert f"+ exec {expected} " in proc.stderr  # the trace shows which launcher the script chose
     assert_trained_on_ranks(proc.stdout, n=2, epochs=3)
     # Backups were written (rank 0 created the directory) and deleted once training finished.
     assert backups.is_dir() and not [n for n in os.listdir(backups) if n.startswith("backup-")]

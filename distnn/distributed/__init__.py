@@ -19,11 +19,15 @@ from distnn.distributed.world import (allgather, allgather_object, allreduce, ba
                                       broadcast, broadcast_object, get_communicator, init,
                                       is_initialized, is_root, launched_by_mpi, local_rank,
                                       local_size, rank, size)
-
-# ---------------------------------------------------------------------------------------
-# Model-level helpers (broadcast_weights, DistributedOptimizer, callbacks): added by the
-# lead below this line.
-# ---------------------------------------------------------------------------------------
+# Model-level helpers for custom loops and Horovod scripts, and crash-safe backups.
 from distnn.distributed.callbacks import BroadcastWeights, LearningRateWarmup, MetricAverage  # noqa: E402
-from distnn.distributed.optimizer import DistributedOptimizer, broadcast_weights  # noqa: E402
 from distnn.distributed.checkpoint import PREEMPTED_EXIT_CODE, BackupAndRestore  # noqa: E402
+from distnn.distributed.optimizer import DistributedOptimizer, broadcast_weights  # noqa: E402
+
+__all__ = [
+    "init", "is_initialized", "launched_by_mpi", "get_communicator", "rank", "size", "local_rank", "local_size",
+    "is_root", "barrier", "allreduce", "broadcast", "allgather", "broadcast_object", "allgather_object",
+    "Communicator", "SingleProcessCommunicator", "MpiCommunicator", "RingCommunicator", "AutoCommunicator",
+    "create_communicator", "Compression", "Compressor", "broadcast_weights", "DistributedOptimizer",
+    "BroadcastWeights", "MetricAverage", "LearningRateWarmup", "BackupAndRestore", "PREEMPTED_EXIT_CODE",
+]

@@ -5,7 +5,6 @@ Horovod scripts working unchanged and serve custom training loops.
 """
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 

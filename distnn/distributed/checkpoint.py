@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from distnn import backend, saving
+from distnn import saving
 from distnn.callbacks import Callback
 from distnn.distributed.world import get_communicator
 from distnn.utils import global_rng

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from distnn import backend, initializers, regularizers
+from distnn import activations, backend, initializers, regularizers
 from distnn.utils import global_rng
 
 _name_counters: collections.Counter = collections.Counter()
@@ -82,6 +82,27 @@ def normalize_tuple(value: Any, n: int, arg_name: str) -> tuple[int, ...]:
         raise ValueError(f"{arg_name} must be a positive integer or a tuple of {n} positive integers. "
                          f"Received: {arg_name}={value}")
     return tuple(int(v) for v in value)
+
+
+def init_kernel_options(layer: "Layer", activation: Any, use_bias: bool, kernel_initializer: Any,
+                        bias_initializer: Any, kernel_regularizer: Any, bias_regularizer: Any) -> None:
+    """Resolve and set, under Keras' attribute names, the activation, bias switch, initializers and
+    regularizers of a layer with a kernel (``Dense``, ``Conv1D``, ``Conv2D``)."""
+    layer.activation = activations.get(activation)
+    layer.use_bias = bool(use_bias)
+    layer.kernel_initializer = initializers.get(kernel_initializer)
+    layer.bias_initializer = initializers.get(bias_initializer)
+    layer.kernel_regularizer = regularizers.get(kernel_regularizer)
+    layer.bias_regularizer = regularizers.get(bias_regularizer)
+
+
+def kernel_options_config(layer: "Layer") -> dict:
+    """The ``get_config`` entries of the options set by ``init_kernel_options``."""
+    return {"activation": activations.serialize(layer.activation), "use_bias": layer.use_bias,
+            "kernel_initializer": initializers.serialize(layer.kernel_initializer),
+            "bias_initializer": initializers.serialize(layer.bias_initializer),
+            "kernel_regularizer": regularizers.serialize(layer.kernel_regularizer),
+            "bias_regularizer": regularizers.serialize(layer.bias_regularizer)}
 
 
 class Variable:

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from distnn import activations, backend, initializers, regularizers
-from distnn.layers.base import Layer, normalize_tuple
+from distnn import backend
+from distnn.layers.base import Layer, init_kernel_options, kernel_options_config, normalize_tuple
 
 _DATA_FORMATS = ("channels_last", "channels_first")
 # Below this many input channels, copying tap by tap into the im2col buffer beats one 6-D strided
@@ -186,12 +186,8 @@ class Conv(SpatialLayer):
         if max(self.strides) > 1 and max(self.dilation_rate) > 1:
             raise ValueError(f"strides > 1 not supported in conjunction with dilation_rate > 1. "
                              f"Received: strides={self.strides} and dilation_rate={self.dilation_rate}")
-        self.activation = activations.get(activation)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = initializers.get(kernel_initializer)
-        self.bias_initializer = initializers.get(bias_initializer)
-        self.kernel_regularizer = regularizers.get(kernel_regularizer)
-        self.bias_regularizer = regularizers.get(bias_regularizer)
+        init_kernel_options(self, activation, use_bias, kernel_initializer, bias_initializer, kernel_regularizer,
+                            bias_regularizer)
 
     def build(self, input_shape):
         self._check_rank(input_shape)
@@ -304,11 +300,7 @@ class Conv(SpatialLayer):
         return {
             **super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),
             "strides": list(self.strides), "padding": self.padding, "dilation_rate": list(self.dilation_rate),
-            "activation": activations.serialize(self.activation), "use_bias": self.use_bias,
-            "kernel_initializer": initializers.serialize(self.kernel_initializer),
-            "bias_initializer": initializers.serialize(self.bias_initializer),
-            "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
-            "bias_regularizer": regularizers.serialize(self.bias_regularizer),
+            **kernel_options_config(self),
         }
 
 

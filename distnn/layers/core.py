@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from distnn import activations, backend, initializers, regularizers
-from distnn.layers.base import Layer
+from distnn import activations, backend
+from distnn.layers.base import Layer, init_kernel_options, kernel_options_config
 from distnn.utils import global_rng
 
 
@@ -69,12 +69,8 @@ class Dense(Layer):
             raise ValueError(f"Received an invalid value for `units`, expected a positive integer. "
                              f"Received: units={units}")
         self.units = int(units)
-        self.activation = activations.get(activation)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = initializers.get(kernel_initializer)
-        self.bias_initializer = initializers.get(bias_initializer)
-        self.kernel_regularizer = regularizers.get(kernel_regularizer)
-        self.bias_regularizer = regularizers.get(bias_regularizer)
+        init_kernel_options(self, activation, use_bias, kernel_initializer, bias_initializer, kernel_regularizer,
+                            bias_regularizer)
 
     def build(self, input_shape):
         if input_shape[-1] is None:
@@ -120,14 +116,7 @@ class Dense(Layer):
         return dx.reshape(*grad.shape[:-1], self._x.shape[-1])
 
     def get_config(self):
-        return {
-            **super().get_config(), "units": self.units,
-            "activation": activations.serialize(self.activation), "use_bias": self.use_bias,
-            "kernel_initializer": initializers.serialize(self.kernel_initializer),
-            "bias_initializer": initializers.serialize(self.bias_initializer),
-            "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
-            "bias_regularizer": regularizers.serialize(self.bias_regularizer),
-        }
+        return {**super().get_config(), "units": self.units, **kernel_options_config(self)}
 
 
 class Activation(Layer):
