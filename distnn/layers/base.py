@@ -96,6 +96,37 @@ def init_kernel_options(layer: "Layer", activation: Any, use_bias: bool, kernel_
     layer.bias_regularizer = regularizers.get(bias_regularizer)
 
 
+def affine_forward(layer: "Layer", rows: Any, kernel: Any, training: bool) -> Any:
+    """``activation(rows @ kernel + bias)`` for a kernel layer: ``Dense`` on its inputs, a convolution
+    on its im2col matrix. Keeps what ``affine_backward`` needs; training reuses the layer's buffers."""
+    xp = backend.get_array_module(rows)
+    # Training reuses one buffer per shape; inference returns fresh arrays the caller may keep.
+    z = xp.matmul(rows, kernel, out=layer._buffer("z", (rows.shape[0], kernel.shape[1])) if training else None)
+    if layer.bias is not None:
+        z += layer.bias.value
+    if layer.activation.needs_input:
+        layer._z = z
+        y = layer.activation(z, out=layer._buffer("y", z.shape) if training else None)
+    else:
+        y = layer.activation(z, out=z)  # in place: backward needs only the output
+    layer._y = y
+    return y
+
+
+def affine_backward(layer: "Layer", g: Any, rows: Any, kernel_grad: Any) -> Any:
+    """From dL/dy (2-D, may be overwritten) to dL/d(rows @ kernel + bias); writes the kernel and bias
+    gradients in place (views of the model's flat gradient buffer) and returns dL/dz."""
+    xp = backend.get_array_module(g)
+    if not layer.fused_output_activation:
+        g = layer.activation.backward(g, getattr(layer, "_z", None), layer._y)
+    xp.matmul(rows.T, g, out=kernel_grad)
+    if layer.bias is not None:  # a GEMV with ones: several times faster than g.sum(axis=0) on tall g
+        ones = layer._buffer("ones", (g.shape[0],))
+        ones.fill(1)
+        xp.matmul(ones, g, out=layer.bias.grad)
+    return g
+
+
 def kernel_options_config(layer: "Layer") -> dict:
     """The ``get_config`` entries of the options set by ``init_kernel_options``."""
     return {"activation": activations.serialize(layer.activation), "use_bias": layer.use_bias,

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from distnn import activations, backend
-from distnn.layers.base import Layer, init_kernel_options, kernel_options_config
+from distnn.layers.base import Layer, affine_backward, affine_forward, init_kernel_options, kernel_options_config
 from distnn.utils import global_rng
 
 
@@ -86,30 +86,13 @@ class Dense(Layer):
         return (*input_shape[:-1], self.units)
 
     def call(self, x, training=False):
-        xp = backend.get_array_module(x)
         self._x = x.reshape(-1, x.shape[-1])
-        rows = self._x.shape[0]
-        # Training reuses one buffer per shape; inference returns fresh arrays the caller may keep.
-        z = self._buffer("z", (rows, self.units)) if training else None
-        z = xp.matmul(self._x, self.kernel.value, out=z)
-        if self.bias is not None:
-            z += self.bias.value
-        if self.activation.needs_input:
-            self._z = z
-            y = self.activation(z, out=self._buffer("y", z.shape) if training else None)
-        else:
-            y = self.activation(z, out=z)  # in place: backward needs only the output
-        self._y = y
+        y = affine_forward(self, self._x, self.kernel.value, training)
         return y.reshape(*x.shape[:-1], self.units)
 
     def backward(self, grad):
         xp = backend.get_array_module(grad)
-        g = grad.reshape(-1, self.units)
-        if not self.fused_output_activation:
-            g = self.activation.backward(g, getattr(self, "_z", None), self._y)
-        xp.matmul(self._x.T, g, out=self.kernel.grad)
-        if self.bias is not None:
-            g.sum(axis=0, out=self.bias.grad)
+        g = affine_backward(self, grad.reshape(-1, self.units), self._x, self.kernel.grad)
         if not self.propagate_input_grad:
             return None
         dx = xp.matmul(g, self.kernel.value.T, out=self._buffer("dx", self._x.shape))
