@@ -7,7 +7,10 @@ data, one BLAS/OpenMP thread. All figures are measured side by side in this one 
     mpiexec -n 2 python benchmarks/bench_mlp.py --batch-size 256 --no-torch   # data-parallel scaling
 
 Prints samples/s for each framework, the ratio distnn / PyTorch, the single-thread float32 GEMM
-rate and the fraction of it that distnn's training reaches (~6 × 669,706 FLOPs per sample).
+rate and the fraction of it that distnn's training reaches, counting the nominal 6 × 669,706
+FLOPs per sample. Both frameworks skip the first layer's input gradient (a third of the backward
+GEMMs of that layer), so the nominal fraction can pass 100%. Each rate is the best of
+``--repeats`` timed epochs.
 """
 from __future__ import annotations
 
@@ -47,7 +50,18 @@ def data(samples: int) -> tuple[np.ndarray, np.ndarray]:
     return rng.random((samples, SIZES[0]), dtype=np.float32), rng.integers(SIZES[-1], size=samples)
 
 
-def bench_distnn(x: np.ndarray, y: np.ndarray, batch_size: int, epochs: int) -> float:
+def best_rate(run_epochs, samples: int, repeats: int) -> float:
+    """Best samples/s over ``repeats`` timed calls of ``run_epochs()`` (each trains ``samples``):
+    the least disturbed measurement on a machine shared with other work."""
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run_epochs()
+        best = max(best, samples / (time.perf_counter() - start))
+    return best
+
+
+def bench_distnn(x: np.ndarray, y: np.ndarray, batch_size: int, epochs: int, repeats: int) -> float:
     from distnn.layers import Dense
     from distnn.models import Sequential
     from distnn.optimizers import SGD
@@ -59,12 +73,11 @@ def bench_distnn(x: np.ndarray, y: np.ndarray, batch_size: int, epochs: int) -> 
     model.compile(optimizer=SGD(0.01), loss="categorical_crossentropy")
     y1 = to_categorical(y, SIZES[-1])
     model.fit(x[:batch_size * 20], y1[:batch_size * 20], batch_size=batch_size, epochs=1, verbose=0)  # warm up
-    start = time.perf_counter()
-    model.fit(x, y1, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=True)
-    return epochs * len(x) / (time.perf_counter() - start)
+    return best_rate(lambda: model.fit(x, y1, batch_size=batch_size, epochs=epochs, verbose=0), epochs * len(x),
+                     repeats)
 
 
-def bench_torch(x: np.ndarray, y: np.ndarray, batch_size: int, epochs: int) -> float | None:
+def bench_torch(x: np.ndarray, y: np.ndarray, batch_size: int, epochs: int, repeats: int) -> float | None:
     try:
         import torch
     except ImportError:
@@ -81,10 +94,7 @@ def bench_torch(x: np.ndarray, y: np.ndarray, batch_size: int, epochs: int) -> f
     epoch = torch_reference.epoch_runner(model, opt, x, y, batch_size)
 
     epoch(batch_size * 20)  # warm up
-    start = time.perf_counter()
-    for _ in range(epochs):
-        epoch(len(x))
-    return epochs * len(x) / (time.perf_counter() - start)
+    return best_rate(lambda: [epoch(len(x)) for _ in range(epochs)], epochs * len(x), repeats)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -92,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=60000)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per framework; the best counts")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     args = parser.parse_args(argv)
 
@@ -100,12 +111,13 @@ def main(argv: list[str] | None = None) -> None:
     comm = distributed.get_communicator()
     x, y = data(args.samples)
     ceiling = sgemm_gflops()
-    ours = bench_distnn(x, y, args.batch_size, args.epochs)
-    theirs = None if args.no_torch or comm.size > 1 else bench_torch(x, y, args.batch_size, args.epochs)
+    ours = bench_distnn(x, y, args.batch_size, args.epochs, args.repeats)
+    theirs = None if args.no_torch or comm.size > 1 else bench_torch(x, y, args.batch_size, args.epochs,
+                                                                     args.repeats)
     if comm.rank != 0:
         return
     print(f"MLP 784-512-512-10, SGD, global batch {args.batch_size}, {args.samples} samples, "
-          f"{comm.size} rank(s) x {os.environ['OMP_NUM_THREADS']} thread(s)")
+          f"{comm.size} rank(s) x {os.environ['OMP_NUM_THREADS']} thread(s), best of {args.repeats}")
     print(f"sgemm ceiling (1 thread, 128x512x512): {ceiling:8.1f} GFLOP/s")
     print(f"distnn : {ours:10.0f} samples/s  {ours * FLOPS_PER_SAMPLE / 1e9:6.1f} GFLOP/s "
           f"= {ours * FLOPS_PER_SAMPLE / 1e9 / (ceiling * comm.size):.0%} of {comm.size} x sgemm")
