@@ -3,6 +3,8 @@
 Multi-rank checks run in real `mpiexec` jobs (tests/mpi_scripts/comm_*.py), one launch per
 rank count; the single-process semantics are tested in this process, without MPI.
 """
+import json
+import os
 import re
 import time
 
@@ -163,3 +165,21 @@ def test_importing_package_does_not_import_mpi4py():
     proc = run_python(["-c", "import sys, distnn.distributed, distnn.bench; "
                              "print('mpi4py' in sys.modules)"], timeout=60)
     assert proc.stdout.strip() == "False"
+
+
+@pytest.mark.mpi
+def test_plain_mpiexec_shares_the_cores_between_ranks():
+    """Without distnn-run and with no thread variable set, each rank's BLAS gets cores // ranks
+    threads; a count the user set is left alone."""
+    env = subprocess_env()
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.pop(name)
+    cores = len(os.sched_getaffinity(0))
+    reports = json.loads(run_mpi(2, [f"{SCRIPTS}/comm_threads.py"], env=env).stdout)
+    assert sorted(r["rank"] for r in reports) == [0, 1]
+    for report in reports:
+        assert report["threads"] and set(report["threads"]) == {max(1, cores // report["local_size"])}, report
+    user_choice = min(2, cores)  # OpenBLAS never starts more threads than cores
+    env["OMP_NUM_THREADS"] = env["OPENBLAS_NUM_THREADS"] = str(user_choice)
+    reports = json.loads(run_mpi(2, [f"{SCRIPTS}/comm_threads.py"], env=env).stdout)
+    assert all(set(r["threads"]) == {user_choice} for r in reports), reports
