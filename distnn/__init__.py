@@ -10,3 +10,8 @@ __version__ = "0.1.0"
 
 __all__ = ["activations", "backend", "callbacks", "initializers", "layers", "losses", "metrics", "optimizers",
            "regularizers", "utils", "Sequential", "load_model", "__version__"]
+
+# Under an MPI launcher, an exception raised before training starts must still end every rank.
+from distnn.distributed.world import install_early_abort_hook  # noqa: E402
+
+install_early_abort_hook()

@@ -100,6 +100,16 @@ def test_exception_on_one_rank_ends_the_job():
 
 
 @pytest.mark.mpi
+def test_exception_before_training_ends_the_job():
+    """A rank failing before it ever used MPI (after `import distnn`) still ends the whole job."""
+    start = time.monotonic()
+    proc = run_mpi(2, [f"{SCRIPTS}/train_raise_early.py"], timeout=60, check=False)
+    assert time.monotonic() - start < 10, "the other rank was left waiting"
+    assert proc.returncode != 0
+    assert "[rank 1]" in proc.stderr and "could not read its data shard" in proc.stderr
+
+
+@pytest.mark.mpi
 def test_different_models_fail_before_training(tmp_path):
     out = tmp_path / "out.npz"
     start = time.monotonic()

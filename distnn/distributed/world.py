@@ -107,6 +107,28 @@ def _share_cores(comm: Communicator) -> None:
     threadpool_limits(max(1, cores // comm.local_size))
 
 
+def install_early_abort_hook() -> None:
+    """Under an MPI launcher, make an exception raised before `init` (say, while loading data) still
+    end the whole job: the hook initialises MPI only then, to abort. Called by `import distnn`;
+    mpi4py stays unimported until needed. Without it the other ranks would wait forever in their
+    first collective."""
+    if not launched_by_mpi() or _previous_hooks is not None:
+        return
+    previous = sys.excepthook
+
+    def initialise_then_abort(exc_type, exc, tb) -> None:
+        try:
+            comm = get_communicator()  # installs the real hooks when there are several ranks
+        except Exception:  # MPI itself is unusable: at least report the original error
+            comm = None
+        hook = sys.excepthook if comm is not None and comm.size > 1 else previous
+        if hook is initialise_then_abort:
+            hook = previous
+        hook(exc_type, exc, tb)
+
+    sys.excepthook = initialise_then_abort
+
+
 def _set_abort_hooks(comm: Communicator) -> None:
     """With several ranks, makes an uncaught exception (main or any thread) abort the job."""
     global _previous_hooks
