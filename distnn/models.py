@@ -286,5 +286,3 @@ def load_model(filepath: str, custom_objects: dict | None = None, compile: bool 
 
     return saving.load_model(filepath, custom_objects=custom_objects, compile=compile)
 
-
-Model = Sequential
