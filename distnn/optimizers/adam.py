@@ -85,14 +85,17 @@ class Nadam(Adam):
         u_product_t = self.u_product * u_t
         u_product_t_1 = u_product_t * u_t_1
         m, v = self._moments(grads)
-        tmp = self._scratch
-        xp.multiply(v, 1 / (1 - self.beta_2 ** step), out=tmp)
-        xp.sqrt(tmp, out=tmp)
-        tmp += self.epsilon
-        m_hat = m * (u_t_1 / (1 - u_product_t_1)) + grads * ((1 - u_t) / (1 - u_product_t))
-        xp.divide(m_hat, tmp, out=tmp)
-        tmp *= lr
-        params -= tmp
+        # m_hat in the scratch buffer, the denominator in grads (free once m_hat has used it):
+        # no allocation per step.
+        m_hat = xp.multiply(m, u_t_1 / (1 - u_product_t_1), out=self._scratch)
+        grads *= (1 - u_t) / (1 - u_product_t)
+        m_hat += grads
+        denominator = xp.multiply(v, 1 / (1 - self.beta_2 ** step), out=grads)
+        xp.sqrt(denominator, out=denominator)
+        denominator += self.epsilon
+        m_hat /= denominator
+        m_hat *= lr
+        params -= m_hat
         self.u_product = u_product_t
 
     def _extra_state(self):

@@ -33,7 +33,9 @@ class SGD(Optimizer):
         grads *= lr
         v -= grads
         if self.nesterov:
-            params += self.momentum * v - grads
+            tmp = get_array_module(params).multiply(v, self.momentum, out=self._scratch)
+            tmp -= grads
+            params += tmp
         else:
             params += v
 
@@ -54,12 +56,15 @@ class RMSprop(Optimizer):
         xp = get_array_module(params)
         velocity, tmp = self.slots["velocity"], self._scratch
         velocity *= self.rho
-        velocity += (1 - self.rho) * grads * grads
+        xp.multiply(grads, 1 - self.rho, out=tmp)
+        tmp *= grads
+        velocity += tmp
         if self.centered:
             average = self.slots["average_gradient"]
             average *= self.rho
-            average += (1 - self.rho) * grads
-            xp.subtract(velocity, average * average, out=tmp)
+            average += xp.multiply(grads, 1 - self.rho, out=tmp)
+            xp.multiply(average, average, out=tmp)
+            xp.subtract(velocity, tmp, out=tmp)
         else:
             tmp[...] = velocity
         tmp += self.epsilon
@@ -95,7 +100,7 @@ class Adagrad(Optimizer):
     def _update(self, params, grads, lr):
         xp = get_array_module(params)
         acc, tmp = self.slots["accumulator"], self._scratch
-        acc += grads * grads
+        acc += xp.multiply(grads, grads, out=tmp)
         xp.add(acc, self.epsilon, out=tmp)
         xp.sqrt(tmp, out=tmp)
         xp.divide(grads, tmp, out=tmp)

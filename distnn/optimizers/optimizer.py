@@ -44,7 +44,7 @@ class Optimizer:
                             f"Received: learning_rate={learning_rate!r}")
         if isinstance(learning_rate, (int, float)) and learning_rate < 0:
             raise ValueError(f"learning_rate must be >= 0. Received: learning_rate={learning_rate}")
-        self._learning_rate = learning_rate if callable(learning_rate) else float(learning_rate)
+        self.learning_rate = learning_rate
         self.clipnorm, self.clipvalue, self.global_clipnorm = clipnorm, clipvalue, global_clipnorm
         self.weight_decay = weight_decay
         self.name = name or type(self).__name__.lower()
@@ -56,18 +56,24 @@ class Optimizer:
     @property
     def learning_rate(self) -> float:
         """The rate of the next step (a schedule is evaluated at ``iterations``)."""
-        lr = self._learning_rate
-        return float(_call_rate(lr, self.iterations)) if callable(lr) else lr
+        if self._rate_of_step is not None:
+            return float(self._rate_of_step(self.iterations))
+        return self._learning_rate
 
     @learning_rate.setter
     def learning_rate(self, value: float | Callable) -> None:
         self._learning_rate = value if callable(value) else float(value)
+        # Resolved once here, not on every step's read of the rate.
+        self._rate_of_step = _step_function(value) if callable(value) else None
 
     # --------------------------------------------------------------------------------- state
     def build(self, params: Any, segments: list[tuple[int, int]]) -> None:
         """Allocate the flat state for ``params`` (a 1-D array) with per-variable ``segments``."""
         xp = backend.get_array_module(params)
         self._segments = list(segments)
+        # Per-variable index arrays for clipnorm, made once rather than on every step.
+        self._segment_starts = xp.asarray([start for start, _ in segments], dtype=np.int64)
+        self._segment_sizes = xp.asarray([size for _, size in segments], dtype=np.int64)
         self.slots = {name: self._initial_slot(name, params, xp) for name in self.slot_names}
         self._scratch = xp.empty_like(params)
 
@@ -126,10 +132,10 @@ class Optimizer:
             if norm > self.global_clipnorm:
                 grads *= self.global_clipnorm / norm
         elif self.clipnorm is not None and self._segments:
-            starts = xp.asarray([start for start, _ in self._segments])
-            norms = xp.sqrt(xp.add.reduceat(grads * grads, starts))
+            squares = xp.multiply(grads, grads, out=self._scratch)
+            norms = xp.sqrt(xp.add.reduceat(squares, self._segment_starts))
             scale = xp.minimum(1.0, self.clipnorm / xp.maximum(norms, 1e-12)).astype(grads.dtype)
-            grads *= xp.repeat(scale, xp.asarray([size for _, size in self._segments]))
+            grads *= xp.repeat(scale, self._segment_sizes)
 
     # -------------------------------------------------------------------------------- config
     def get_config(self) -> dict:
@@ -149,12 +155,12 @@ class Optimizer:
         return cls(**config)
 
 
-def _call_rate(fn: Callable, step: int) -> float:
+def _step_function(fn: Callable) -> Callable[[int], float]:
     """Schedules take the step; Keras' plain learning-rate callables take nothing. Accept both."""
     try:
         parameters = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):  # a builtin without a signature: assume a schedule
-        return fn(step)
+        return fn
     positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD,
                   inspect.Parameter.VAR_POSITIONAL)
-    return fn(step) if any(p.kind in positional for p in parameters) else fn()
+    return fn if any(p.kind in positional for p in parameters) else (lambda step: fn())
