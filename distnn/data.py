@@ -30,6 +30,30 @@ def as_array(data: Any, name: str, dtype: Any = None) -> np.ndarray:
     return array
 
 
+def as_structure(data: Any, name: str) -> Any:
+    """``as_array`` on every leaf of an array, a list/tuple of arrays or a dict of arrays."""
+    if isinstance(data, dict):
+        return {key: as_array(value, f"{name}[{key!r}]") for key, value in data.items()}
+    if isinstance(data, (list, tuple)) and data and all(hasattr(d, "shape") for d in data):
+        return [as_array(value, f"{name}[{i}]") for i, value in enumerate(data)]
+    return as_array(data, name)
+
+
+def leaves(data: Any) -> list:
+    """The arrays of a structure made by ``as_structure`` (dicts in key order)."""
+    if isinstance(data, dict):
+        return list(data.values())
+    return list(data) if isinstance(data, list) else [data]
+
+
+def num_samples(data: Any, name: str) -> int:
+    lengths = {len(a) for a in leaves(data)}
+    if len(lengths) > 1:
+        raise ValueError(f"All arrays of {name} must have the same number of samples. Received lengths "
+                         f"{[len(a) for a in leaves(data)]}")
+    return lengths.pop()
+
+
 def check_lengths(**arrays: Any) -> int:
     """All given arrays (None skipped) have the same number of samples; returns it."""
     lengths = {name: len(a) for name, a in arrays.items() if a is not None}
@@ -69,9 +93,14 @@ def global_batches(order: np.ndarray, batch_size: int, first_step: int = 0) -> I
 
 
 def take(array: Any, index: Any) -> Any:
-    """Rows ``index`` of a host array, moved to the device (``None`` stays ``None``)."""
+    """Rows ``index`` of a host array (or of each array of a list/dict), moved to the device
+    (``None`` stays ``None``)."""
     if array is None:
         return None
+    if isinstance(array, dict):
+        return {key: backend.to_device(value[index]) for key, value in array.items()}
+    if isinstance(array, list):
+        return [backend.to_device(value[index]) for value in array]
     return backend.to_device(array[index])
 
 

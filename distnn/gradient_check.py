@@ -17,6 +17,8 @@ from typing import Any, Callable
 import numpy as np
 
 from distnn import backend
+from distnn.ops.core import Tape, Tensor, value_of
+from distnn.ops.numpy import sum as ops_sum
 
 
 @dataclasses.dataclass
@@ -106,17 +108,23 @@ def check_layer_gradients(layer: Any, input_shape: tuple | None = None, x: Any =
     if layer.dtype != "float64":
         raise ValueError(f"Gradient checks run in float64: create the layer with dtype='float64'. "
                          f"Received: layer {layer.name!r} with dtype={layer.dtype}")
-    layer.propagate_input_grad = True
-    replay_noise = _noise_replayer([layer])
-    y = layer(x, training=training)
-    r = backend.to_device(rng.standard_normal(y.shape))
+    replay_noise = _noise_replayer(layer._flatten_layers())
+    replay_noise()
+    y = layer(x, training=training)  # builds the layer
+    r = backend.to_device(rng.standard_normal(np.shape(y)))
 
     def objective() -> float:
         replay_noise()
-        return float((layer.call(x, training=training) * r).sum())
+        return float((layer(x, training=training) * r).sum())
 
-    objective()
-    dx = layer.backward(r.copy())
+    replay_noise()
+    with Tape() as tape:
+        x_leaf = Tensor(x, tape)
+        y = layer(x_leaf, training=training)
+    for v in layer.trainable_weights:
+        v.grad[...] = 0
+    tape.backward([(y, r)])
+    dx = x_leaf.grad if x_leaf.grad is not None else np.zeros_like(x)
     analytic = {v.name: backend.to_numpy(v.grad).copy() for v in layer.trainable_weights}
     errors: dict[str, float] = {}
     _compare("input", dx, objective, x, eps, max_entries, rng, errors)
@@ -127,12 +135,21 @@ def check_layer_gradients(layer: Any, input_shape: tuple | None = None, x: Any =
 
 def check_loss_gradients(loss: Any, y_true: Any, y_pred: Any, eps: float = 1e-6, max_entries: int = 300,
                          seed: int = 0) -> GradientCheckResult:
-    """Check ``loss.gradient`` against finite differences of ``sum(loss.call(y_true, y_pred))``."""
+    """Check a loss's gradient (its fused ``gradient``, else the tape's derivative of ``call``) against
+    finite differences of ``sum(loss.call(y_true, y_pred))``."""
     rng = np.random.default_rng(seed)
     y_true = backend.to_device(np.asarray(y_true, dtype=np.float64))
     y_pred = backend.to_device(np.array(y_pred, dtype=np.float64))
+    if loss.has_fused_gradient:
+        analytic = loss.gradient(y_true, y_pred)
+    else:
+        with Tape() as tape:
+            leaf = Tensor(y_pred, tape)
+            total = ops_sum(loss.call(y_true, leaf))
+        tape.backward([(total, np.ones(()))])
+        analytic = leaf.grad if leaf.grad is not None else np.zeros_like(y_pred)
     errors: dict[str, float] = {}
-    _compare("y_pred", loss.gradient(y_true, y_pred), lambda: float(loss.call(y_true, y_pred).sum()),
+    _compare("y_pred", analytic, lambda: float(value_of(loss.call(y_true, y_pred)).sum()),
              y_pred, eps, max_entries, rng, errors)
     return GradientCheckResult(errors)
 
@@ -144,17 +161,16 @@ def check_model_gradients(model: Any, x: Any, y: Any, sample_weight: Any = None,
     if model.params.dtype != np.float64:
         raise ValueError("Gradient checks run in float64: call distnn.backend.set_floatx('float64') before "
                          f"building the model. Received: params of dtype {model.params.dtype}")
-    replay_noise = _noise_replayer(model.layers)
+    replay_noise = _noise_replayer(model._flatten_layers())
     replay_noise()
     _, grads = model.compute_gradients(x, y, sample_weight)
+    x_checked, ys, weights = model._check_xy(x, y, sample_weight)
 
     def objective() -> float:
         replay_noise()
-        values = model.loss.call(backend.to_device(np.asarray(y, dtype=np.float64)),
-                                 model._forward(backend.to_device(np.asarray(x, dtype=np.float64)), training=True))
-        if sample_weight is not None:
-            values = values * backend.to_device(np.asarray(sample_weight, dtype=np.float64))
-        return float(values.sum()) / len(x) + model._penalty()
+        outputs = model._flat_outputs(model(x_checked, training=True))
+        states = model._batch_states(ys, [value_of(o) for o in outputs], weights, len(ys[0]))
+        return model._logs_from(states)["loss"]
 
     errors: dict[str, float] = {}
     _compare("params", grads, objective, model.params, eps, max_entries, rng, errors)
@@ -165,7 +181,10 @@ def check_gradients(target: Any, *args: Any, **kwargs: Any) -> GradientCheckResu
     """Dispatch to the layer, loss or model check by the type of ``target``."""
     from distnn.layers.base import Layer  # noqa: PLC0415
     from distnn.losses import Loss  # noqa: PLC0415
+    from distnn.models import Model  # noqa: PLC0415
 
+    if isinstance(target, Model):
+        return check_model_gradients(target, *args, **kwargs)
     if isinstance(target, Layer):
         return check_layer_gradients(target, *args, **kwargs)
     if isinstance(target, Loss):

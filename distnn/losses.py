@@ -43,7 +43,12 @@ class Loss:
         raise NotImplementedError(f"{type(self).__name__} must implement call()")
 
     def gradient(self, y_true: Any, y_pred: Any) -> Any:
-        raise NotImplementedError(f"{type(self).__name__} must implement gradient()")
+        """Optional fused dloss_i/dy_pred; without it the tape differentiates ``call``."""
+        raise NotImplementedError(f"{type(self).__name__} has no fused gradient")
+
+    @property
+    def has_fused_gradient(self) -> bool:
+        return type(self).gradient is not Loss.gradient
 
     def fusable_with(self, activation_name: str) -> bool:
         """Whether ``fused_gradient`` applies after the given output activation."""
@@ -147,8 +152,11 @@ class CategoricalCrossentropy(Loss):
         return activation_name == "softmax" and not self.from_logits
 
     def fused_gradient(self, y_true, y_pred):
-        y = self._targets(y_true)
-        return (y_pred * y.sum(axis=-1, keepdims=True) - y) / _elements_per_sample(y_pred[..., 0])
+        # dL/dlogits of the *clipped* loss that call() reports: classes whose probability is clipped
+        # contribute nothing, so ym = y * inside and the gradient is p * sum(ym) - ym.
+        xp = get_array_module(y_pred)
+        ym = xp.where((y_pred > EPSILON) & (y_pred < 1 - EPSILON), self._targets(y_true), 0)
+        return (y_pred * ym.sum(axis=-1, keepdims=True) - ym) / _elements_per_sample(y_pred[..., 0])
 
     def get_config(self):
         return {**super().get_config(), "from_logits": self.from_logits,
@@ -243,7 +251,10 @@ class BinaryCrossentropy(Loss):
         return activation_name == "sigmoid" and not self.from_logits
 
     def fused_gradient(self, y_true, y_pred):
-        return (y_pred - self._targets(y_true)) / _elements_per_sample(y_pred)
+        # dL/dlogit of the clipped loss that call() reports: zero where the probability is clipped.
+        xp = get_array_module(y_pred)
+        inside = (y_pred > EPSILON) & (y_pred < 1 - EPSILON)
+        return xp.where(inside, y_pred - self._targets(y_true), 0) / _elements_per_sample(y_pred)
 
     def get_config(self):
         return {**super().get_config(), "from_logits": self.from_logits, "label_smoothing": self.label_smoothing}
@@ -309,6 +320,22 @@ class KLDivergence(Loss):
         return xp.where(inside, -y / xp.clip(y_pred, EPSILON, 1), 0) / _elements_per_sample(y_pred[..., 0])
 
 
+class LossFunctionWrapper(Loss):
+    """A loss from a plain function ``fn(y_true, y_pred, **kwargs)`` written with ``distnn.ops``
+    (Keras' ``LossFunctionWrapper``); the tape differentiates it."""
+
+    def __init__(self, fn: Any, name: str | None = None, reduction: str = "sum_over_batch_size", **kwargs: Any):
+        super().__init__(name=name or getattr(fn, "__name__", "loss"), reduction=reduction)
+        self.fn, self.fn_kwargs = fn, kwargs
+
+    def call(self, y_true, y_pred):
+        return self.fn(y_true, y_pred, **self.fn_kwargs)
+
+    def get_config(self):
+        return {**super().get_config(), "fn": getattr(self.fn, "_registered_name", self.fn.__name__),
+                **self.fn_kwargs}
+
+
 _BY_NAME: dict[str, Any] = {
     "categorical_crossentropy": CategoricalCrossentropy,
     "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
@@ -339,8 +366,10 @@ def get(identifier: Any, custom_objects: dict | None = None) -> Loss:
         if identifier not in _BY_NAME:
             raise ValueError(f"Unknown loss {identifier!r}. Valid names: {sorted(_BY_NAME)}")
         return _BY_NAME[identifier]()
-    raise TypeError(f"loss must be a string or a Loss instance. Received: loss={identifier!r}. "
-                    "A plain function has no gradient: subclass distnn.losses.Loss with call() and gradient()")
+    if callable(identifier):
+        return LossFunctionWrapper(identifier)
+    raise TypeError(f"loss must be a string, a Loss instance or a function (y_true, y_pred). "
+                    f"Received: loss={identifier!r}")
 
 
 def serialize(loss: Loss) -> dict:

@@ -161,22 +161,25 @@ _CLASSES: dict[str, type[Metric]] = {"precision": Precision, "recall": Recall}
 VALID_NAMES = sorted([*_FUNCTIONS, *_CLASSES, "accuracy", "acc"])
 
 
-def resolve_accuracy(loss_name: str, output_shape: tuple, label_ndim: int) -> Callable:
-    """Keras' choice for ``"accuracy"``: from the loss first, then from the label and output shapes."""
-    if "binary" in loss_name or output_shape[-1] == 1:
+def resolve_accuracy(output_shape: tuple, label_shape: tuple) -> Callable:
+    """Keras 3's choice for ``"accuracy"``, from the output and label shapes alone: one output unit is
+    binary; integer labels (one axis fewer, or a last axis of 1) are sparse; else categorical — also for
+    multi-label sigmoid outputs, where ``"binary_accuracy"`` must be asked for by name, as in Keras 3."""
+    if output_shape[-1] == 1:
         return binary_accuracy
-    if "sparse" in loss_name or label_ndim < len(output_shape):
+    if len(label_shape) < len(output_shape) or label_shape[-1] == 1:
         return sparse_categorical_accuracy
     return categorical_accuracy
 
 
-def get(identifier: Any, loss_name: str = "", output_shape: tuple = (None, 2), label_ndim: int = 2) -> Metric:
-    """Resolve a metric from a name, a ``Metric`` instance or a per-sample function."""
+def get(identifier: Any, output_shape: tuple = (None, 2), label_shape: tuple = (None, 2)) -> Metric:
+    """Resolve a metric from a name, a ``Metric`` instance or a per-sample function; ``"accuracy"``
+    from the shapes of the model's output and of the labels."""
     if isinstance(identifier, Metric):
         return identifier
     if isinstance(identifier, str):
         if identifier in ("accuracy", "acc"):
-            return MeanMetricWrapper(resolve_accuracy(loss_name, output_shape, label_ndim), name=identifier)
+            return MeanMetricWrapper(resolve_accuracy(output_shape, label_shape), name=identifier)
         if identifier in _CLASSES:
             return _CLASSES[identifier](name=identifier)
         if identifier in _FUNCTIONS:

@@ -61,24 +61,92 @@ def read_npz(data: bytes) -> dict[str, np.ndarray]:
         return {key: npz[key] for key in npz.files}
 
 
+def _layer_classes(custom_objects: dict | None) -> dict[str, type]:
+    import distnn.layers as layers_module  # noqa: PLC0415 - every layer class, by name
+    import distnn.models as models_module  # noqa: PLC0415 - models import this module lazily
+    from distnn.layers.base import Layer, registered_objects  # noqa: PLC0415
+
+    classes = {name: obj for module in (layers_module, models_module) for name, obj in vars(module).items()
+               if isinstance(obj, type) and issubclass(obj, Layer)}
+    return {**classes, **registered_objects(), **(custom_objects or {})}
+
+
+def serialize_layer(layer: Any) -> dict:
+    """``{"class_name", "config"}`` of a layer or model: the unit of every saved configuration."""
+    from distnn.layers.base import serializable_name  # noqa: PLC0415
+
+    return {"class_name": serializable_name(type(layer)), "config": layer.get_config()}
+
+
+def deserialize_layer(entry: dict, custom_objects: dict | None = None) -> Any:
+    """A layer (or model) from ``serialize_layer``'s dict; only known or given classes are built."""
+    if not isinstance(entry, dict) or "class_name" not in entry:
+        raise ValueError(f"A layer configuration must be a dict with a class_name. Received: {entry!r:.200}")
+    cls = _layer_classes(custom_objects).get(entry["class_name"])
+    if cls is None:
+        raise ValueError(f"Unknown layer class {entry['class_name']!r}: pass it in custom_objects or "
+                         "decorate it with @distnn.layers.register_serializable()")
+    config = entry.get("config", {})
+    from distnn.models import Model  # noqa: PLC0415
+
+    if issubclass(cls, Model) and "custom_objects" in cls.from_config.__code__.co_varnames:
+        return cls.from_config(config, custom_objects=custom_objects)
+    return cls.from_config(config)
+
+
+def serialize_model_config(model: Any) -> dict:
+    return serialize_layer(model)
+
+
+def deserialize_model_config(config: dict, custom_objects: dict | None = None) -> Any:
+    """A model from ``serialize_model_config``; distnn 0.1 files (a bare Sequential config) too."""
+    if "class_name" not in config:
+        from distnn.models import Sequential  # noqa: PLC0415
+
+        return Sequential.from_config(config, custom_objects)
+    return deserialize_layer(config, custom_objects)
+
+
 def _compile_config(model: Any) -> dict | None:
     if not model.compiled:
         return None
-    metric_names = []
-    for spec in model._metric_specs:
-        if not isinstance(spec, str):
-            raise ValueError(f"Cannot save the custom metric {spec!r}: only metric names are saved; "
-                             "compile the loaded model again with it")
-        metric_names.append(spec)
-    return {"optimizer": optimizers.serialize(model.optimizer), "loss": losses.serialize(model.loss),
-            "metrics": metric_names}
+    args = model._compile_args
+
+    def names_only(value: Any, what: str) -> Any:
+        if value is None or isinstance(value, str):
+            return value
+        if isinstance(value, (list, tuple)):
+            return [names_only(v, what) for v in value]
+        if isinstance(value, dict):
+            return {k: names_only(v, what) for k, v in value.items()}
+        raise ValueError(f"Cannot save the custom {what} {value!r}: only names are saved; compile the loaded "
+                         "model again with it")
+
+    def loss_config(value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [loss_config(v) for v in value]
+        if isinstance(value, dict):
+            return {k: loss_config(v) for k, v in value.items()}
+        return None if value is None else losses.serialize(losses.get(value))
+
+    return {"optimizer": optimizers.serialize(model.optimizer), "loss": loss_config(args["loss"]),
+            "loss_weights": args["loss_weights"], "metrics": names_only(args["metrics"], "metric"),
+            "weighted_metrics": names_only(args["weighted_metrics"], "metric")}
+
+
+def _loss_from_config(value: Any, custom_objects: dict | None) -> Any:
+    if isinstance(value, list):
+        return [_loss_from_config(v, custom_objects) for v in value]
+    if isinstance(value, dict) and "class_name" not in value:
+        return {k: _loss_from_config(v, custom_objects) for k, v in value.items()}
+    return None if value is None else losses.get(value, custom_objects)
 
 
 def model_archive(model: Any, include_optimizer: bool = True) -> dict[str, bytes]:
     """The members of a model file (also used by checkpoints)."""
     model._require_built("save()")
     variables = model.variables
-    config = {"format": "distnn", "version": FORMAT_VERSION, "model": model.get_config(),
+    config = {"format": "distnn", "version": FORMAT_VERSION, "model": serialize_model_config(model),
               "compile": _compile_config(model), "weights": [[v.name, list(v.shape)] for v in variables]}
     members = {"config.json": json.dumps(config, indent=1).encode(),
                "weights.npz": npz_bytes({f"w{i}": v.numpy() for i, v in enumerate(variables)})}
@@ -109,21 +177,21 @@ def save_model(model: Any, filepath: str) -> None:
 
 def model_from_archive(members: dict[str, bytes], custom_objects: dict | None = None, compile: bool = True,  # noqa: A002
                        source: str = "archive") -> Any:
-    from distnn.models import Sequential  # noqa: PLC0415 - models imports this module lazily
-
     if "config.json" not in members or "weights.npz" not in members:
         raise ValueError(f"{source} is not a distnn model file: config.json or weights.npz is missing")
     config = json.loads(members["config.json"])
     if config.get("format") != "distnn":
         raise ValueError(f"{source} is not a distnn model file (format={config.get('format')!r})")
-    model = Sequential.from_config(config["model"], custom_objects)
+    model = deserialize_model_config(config["model"], custom_objects)
     if not model.built:
         raise ValueError(f"{source}: the saved model has no input shape, so it cannot be rebuilt")
     _assign_weights(model, read_npz(members["weights.npz"]), config["weights"], source)
     if compile and config.get("compile"):
         compiled = config["compile"]
         model.compile(optimizer=optimizers.get(compiled["optimizer"], custom_objects),
-                      loss=losses.get(compiled["loss"], custom_objects), metrics=compiled["metrics"])
+                      loss=_loss_from_config(compiled["loss"], custom_objects),
+                      loss_weights=compiled.get("loss_weights"), metrics=compiled["metrics"],
+                      weighted_metrics=compiled.get("weighted_metrics"))
         if "optimizer.npz" in members:
             model.optimizer.set_state(read_npz(members["optimizer.npz"]))
     return model

@@ -13,8 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from distnn import backend, data, losses, metrics as metrics_module, optimizers
+import warnings
+
+from distnn import backend, compile_utils, data, optimizers
 from distnn.callbacks import CallbackList, History, ProgbarLogger
+from distnn.layers.base import _fused_vjp
+from distnn.ops import symbolic
+from distnn.ops.core import Tape, Tensor, value_of
+from distnn.ops.numpy import mean as ops_mean, multiply as ops_multiply, reshape as ops_reshape, sum as ops_sum
 from distnn.utils import global_rng
 
 
@@ -42,157 +48,250 @@ def _communicator() -> Any:
 
 
 class TrainingMixin:
-    """Training methods of ``Sequential`` (which supplies layers, buffers and ``build``)."""
+    """Training methods of ``Model`` (which supplies the layers, the flat buffers and ``build``)."""
 
     def __init__(self) -> None:
         self.optimizer: optimizers.Optimizer | None = None
-        self.loss: losses.Loss | None = None
+        self.loss: Any = None
         self.compiled = False
         self.stop_training = False
         self.history: History | None = None
-        self._metric_specs: list[Any] = []
-        self._metrics: list[metrics_module.Metric] | None = None
+        self._compile_args: dict = {}
+        self._outputs: list[compile_utils.OutputSpec] | None = None
         self._synced_with: Any = None
         self.stop_requested = False  # set (e.g. by a signal handler) to stop at the next step boundary
         self._stop_now = False
         self.progress: TrainingProgress | None = None
 
     # -------------------------------------------------------------------------------- compile
-    def compile(self, optimizer: Any = "rmsprop", loss: Any = None, metrics: list | None = None,
-                loss_weights: Any = None, run_eagerly: Any = None, jit_compile: Any = None) -> None:
-        """Configure training (Keras' arguments; ``loss_weights``, ``run_eagerly`` and ``jit_compile``
-        are accepted for compatibility and have no effect on a single-output model)."""
+    def compile(self, optimizer: Any = "rmsprop", loss: Any = None, loss_weights: Any = None, metrics: Any = None,
+                weighted_metrics: Any = None, run_eagerly: Any = None, steps_per_execution: int = 1,
+                jit_compile: Any = "auto", auto_scale_loss: bool = True) -> None:
+        """Configure training (Keras 3's arguments).
+
+        ``loss``, ``loss_weights``, ``metrics`` and ``weighted_metrics`` take one value, a list in
+        output order or a dict keyed by output name. distnn always runs eagerly, so ``run_eagerly``
+        is satisfied whatever its value; ``jit_compile=True`` and ``steps_per_execution > 1`` have
+        no effect and warn.
+        """
         if loss is None:
             raise ValueError("compile() needs a loss, e.g. loss='categorical_crossentropy'. Received: loss=None")
+        if jit_compile is True:
+            warnings.warn("compile(jit_compile=True) is ignored: distnn runs eagerly on numpy/cupy", stacklevel=2)
+        if steps_per_execution != 1:
+            warnings.warn(f"compile(steps_per_execution={steps_per_execution}) is ignored: distnn runs one step "
+                          "per execution", stacklevel=2)
         from distnn.distributed.optimizer import DistributedOptimizer  # noqa: PLC0415 - no MPI import
 
         # fit() already averages gradients exactly over the global batch: a Horovod-style
         # DistributedOptimizer is unwrapped rather than reducing a second time.
         if isinstance(optimizer, DistributedOptimizer):
             optimizer = optimizer.optimizer
+        compile_utils.check_losses(loss)
+        compile_utils.check_metric_specs(metrics)
+        compile_utils.check_metric_specs(weighted_metrics)
         self.optimizer = optimizers.get(optimizer)
-        self.loss = losses.get(loss)
-        if metrics is not None and not isinstance(metrics, (list, tuple)):
-            metrics = [metrics]
-        self._metric_specs = list(metrics or [])
-        for spec in self._metric_specs:  # fail now, not at the first batch, on a misspelt name
-            if isinstance(spec, str) and spec not in metrics_module.VALID_NAMES:
-                raise ValueError(f"Unknown metric {spec!r}. Valid names: {metrics_module.VALID_NAMES}")
-        self._metrics = None
+        self.loss = loss
+        self._compile_args = {"loss": loss, "loss_weights": loss_weights, "metrics": metrics,
+                              "weighted_metrics": weighted_metrics}
+        self._outputs = None
         self.compiled = True
         if self.built:
-            self._bind_buffers()
-            self._prepare_optimizer()
+            self._bind_buffers(list(reversed(self._bound_order())) if self._bound_variables else None)
 
     def _prepare_optimizer(self) -> None:
         self.optimizer.build(self.params, self._segments)
-        for layer in self._layers:  # a layer that stopped being last (add after compile) is unfused
-            layer.fused_output_activation = False
-        last = self._layers[-1]
-        activation = getattr(getattr(last, "activation", None), "name", None)
-        # Softmax + cross-entropy (and sigmoid + binary cross-entropy): the loss gives dL/dlogits.
-        last.fused_output_activation = bool(activation and self.loss.fusable_with(activation))
 
     def _require_compiled(self, what: str) -> None:
         if not self.compiled:
             raise ValueError(f"You must call `compile()` before calling `{what}`")
 
-    def _ensure_built(self, x: np.ndarray) -> None:
+    def _ensure_built(self, x: Any) -> None:
         if not self.built:
-            self.build((None, *x.shape[1:]))  # prepares the optimizer too when compiled
-        elif self.compiled and not self.optimizer.built:
-            self._prepare_optimizer()
-        expected = self._input_shape[1:]
-        if len(expected) != x.ndim - 1 or any(e is not None and e != r for e, r in zip(expected, x.shape[1:])):
-            raise ValueError(f"Input 0 of model {self.name!r} is incompatible: expected shape "
-                             f"{(None, *expected)}, received x with shape {x.shape}"
-                             + (f" (expected {expected[-1]} features, found {x.shape[-1]})"
-                                if len(expected) == x.ndim - 1 else ""))
+            shapes = [(None, *a.shape[1:]) for a in data.leaves(x)]
+            self.build(shapes[0] if not isinstance(x, (list, dict)) else
+                       dict(zip(x, shapes)) if isinstance(x, dict) else shapes)
+        else:
+            self._ensure_bound()
+            if self.compiled and not self.optimizer.built:
+                self._prepare_optimizer()
+        self._check_input_shapes(x)
 
-    def _build_metrics(self, y: np.ndarray) -> list[metrics_module.Metric]:
-        if self._metrics is None:
-            self._metrics = [metrics_module.get(spec, self.loss.name, self.output_shape, y.ndim)
-                             for spec in self._metric_specs]
-        return self._metrics
+    def _check_input_shapes(self, x: Any) -> None:
+        expected_inputs = getattr(self, "inputs", None) if not isinstance(x, dict) else None
+        if not expected_inputs:
+            return
+        arrays = data.leaves(x)
+        if len(arrays) != len(expected_inputs):
+            raise ValueError(f"Model {self.name!r} expects {len(expected_inputs)} input(s), but it received "
+                             f"{len(arrays)} input arrays")
+        for i, (tensor, array) in enumerate(zip(expected_inputs, arrays)):
+            expected = tensor.shape[1:]
+            if len(expected) != array.ndim - 1 or any(e is not None and e != r for e, r in zip(expected, array.shape[1:])):
+                raise ValueError(f"Input {i} of model {self.name!r} is incompatible: expected shape "
+                                 f"{(None, *expected)}, received x with shape {array.shape}"
+                                 + (f" (expected {expected[-1]} features, found {array.shape[-1]})"
+                                    if len(expected) == array.ndim - 1 and expected else ""))
+
+    @property
+    def _output_names(self) -> list[str]:
+        names = getattr(self, "output_names", None)
+        return list(names) if names else []
+
+    def _resolve_outputs(self, x: Any, ys: list) -> list[compile_utils.OutputSpec]:
+        """Per-output losses and metrics, resolved from one sample's outputs at the first call."""
+        if self._outputs is None:
+            outputs = self._flat_outputs(self(data.take(x, slice(0, 1)), training=False))
+            self._clear_losses()
+            names = self._output_names if len(self._output_names) == len(outputs) else \
+                [f"output_{i}" for i in range(len(outputs))]
+            if len(ys) != len(outputs):
+                raise ValueError(f"Model {self.name!r} has {len(outputs)} output(s) {names} but received "
+                                 f"{len(ys)} target array(s)")
+            shapes = [(None, *value_of(o).shape[1:]) for o in outputs]
+            self._outputs = compile_utils.resolve_outputs(
+                names, self._compile_args["loss"], self._compile_args["loss_weights"],
+                self._compile_args["metrics"], self._compile_args["weighted_metrics"], shapes,
+                [y.shape for y in ys])
+            self._output_shapes_seen = shapes
+        for spec, y, shape in zip(self._outputs, ys, self._output_shapes_seen):
+            if spec.loss is not None:
+                spec.loss.check_targets(y, shape)
+        return self._outputs
 
     @property
     def metrics_names(self) -> list[str]:
-        return ["loss", *[m.name for m in self._metrics or []]]
+        return list(self._log_names()) if self._outputs is not None else ["loss"]
+
+    @property
+    def metrics(self) -> list:
+        return [m for spec in self._outputs or [] for m in spec.metrics + spec.weighted_metrics]
 
     # ------------------------------------------------------------------------- forward/backward
-    def _forward(self, x: Any, training: bool) -> Any:
-        for layer in self._layers:
-            x = layer.call(x, training=training)
-        return x
+    @staticmethod
+    def _flat_outputs(outputs: Any) -> list:
+        return symbolic.flatten(outputs)
 
-    def _backward(self, grad: Any) -> None:
-        for layer in reversed(self._layers):
-            grad = layer.backward(grad)
-            if grad is None:
-                break
+    def _targets(self, y: Any) -> list:
+        """Targets in output order (a dict is matched by output name)."""
+        if isinstance(y, dict):
+            names = self._output_names
+            missing = [n for n in names if n not in y]
+            if missing:
+                raise ValueError(f"y is missing targets for outputs {missing}. The model's outputs are {names}; "
+                                 f"received keys {sorted(y)}")
+            return [y[n] for n in names]
+        return list(y) if isinstance(y, list) else [y]
 
-    def _output_gradient(self, y: Any, y_pred: Any, weights: Any, global_count: int) -> Any:
-        """dL/dy_pred of this shard for L = sum of weighted per-sample losses / global_count.
+    def _output_gradient(self, tape: Tape, spec: compile_utils.OutputSpec, output: Any, y: Any, weights: Any,
+                         global_count: int) -> Any:
+        """dL/d(output) of this shard for L = weight * sum of weighted per-sample losses / global count.
 
-        Dividing the small output gradient by the step's *global* sample count, rather than the
-        whole gradient buffer afterwards, saves a pass over every parameter; the allreduce then
-        sums shard gradients that are already on the single-process scale.
+        Dividing the small output gradient by the step's *global* sample count, rather than the whole
+        gradient buffer afterwards, saves a pass over every parameter; the allreduce then sums shard
+        gradients that are already on the single-process scale.
         """
-        if self._layers[-1].fused_output_activation:
-            grad = self.loss.fused_gradient(y, y_pred)
-        else:
-            grad = self.loss.gradient(y, y_pred)
-        scale = 1.0 / global_count
+        y_pred = value_of(output)
+        scale = spec.weight / global_count
+        loss = spec.loss
         if weights is not None:
-            scale = weights.reshape(-1, *([1] * (grad.ndim - 1))) * scale
+            scale = weights.reshape(-1, *([1] * (y_pred.ndim - 1))) * scale
+        if not loss.has_fused_gradient:
+            return _tape_loss_gradient(loss, y, y_pred, scale)
+        layer = output.kwargs["layer"] if isinstance(output, Tensor) and output.vjp is _fused_vjp else None
+        activation = getattr(getattr(layer, "activation", None), "name", None)
+        if activation and loss.fusable_with(activation) and not _consumed_on(tape, output):
+            output.kwargs["fused_activation"] = True  # the layer skips its activation's backward
+            grad = loss.fused_gradient(y, y_pred)
+        else:
+            grad = loss.gradient(y, y_pred)
         grad *= scale
         return grad.astype(y_pred.dtype, copy=False)
 
-    def _batch_states(self, y: Any, y_pred: Any, weights: Any, metric_list: list) -> np.ndarray:
-        """[loss sum, sample count, *metric sums] of one local batch, on the host, float64."""
-        per_sample = self.loss.call(y, y_pred)
-        if weights is not None:
-            per_sample = per_sample * weights.reshape(-1)
-        parts = [np.array([float(per_sample.sum()), float(len(y_pred))])]
-        parts += [m.batch_state(y, y_pred, weights) for m in metric_list]
+    def _batch_states(self, ys: list, outputs: list, weights: Any, local_count: int) -> np.ndarray:
+        """[loss sum, sample count, (per-output loss sums), added-loss sum, *metric sums] of one local
+        batch, on the host, float64. Added losses (``add_loss``) are batch means: weighted by the count."""
+        per_output = []
+        for spec, y, output in zip(self._outputs, ys, outputs):
+            if spec.loss is None:
+                per_output.append(0.0)
+                continue
+            values = _per_sample(value_of(spec.loss.call(y, output)), len(y))
+            if weights is not None:
+                values = values * weights.reshape(-1)
+            per_output.append(float(values.sum()))
+        added = sum(float(value_of(loss)) for loss in self.losses) * local_count
+        parts = [np.array([sum(s.weight * v for s, v in zip(self._outputs, per_output)), float(local_count)])]
+        if len(self._outputs) > 1:
+            parts.append(np.array(per_output))
+        parts.append(np.array([added]))
+        for spec, y, output in zip(self._outputs, ys, outputs):
+            parts += [m.batch_state(y, output, None) for m in spec.metrics]
+            parts += [m.batch_state(y, output, weights) for m in spec.weighted_metrics]
         return np.concatenate(parts)
 
-    def _state_size(self, metric_list: list) -> int:
-        return 2 + sum(m.state_size for m in metric_list)
+    def _state_size(self) -> int:
+        multi = len(self._outputs) if len(self._outputs) > 1 else 0
+        return 3 + multi + sum(m.state_size for m in self.metrics)
 
-    def _logs_from(self, totals: np.ndarray, metric_list: list, prefix: str = "") -> dict[str, float]:
-        logs = {prefix + "loss": float(totals[0] / totals[1]) + self._penalty() if totals[1] else 0.0}
-        offset = 2
-        for m in metric_list:
+    def _log_names(self) -> list[str]:
+        names = ["loss"]
+        if len(self._outputs) > 1:
+            names += [f"{spec.name}_loss" for spec in self._outputs]
+        return names + [m.name for m in self.metrics]
+
+    def _logs_from(self, totals: np.ndarray, prefix: str = "") -> dict[str, float]:
+        count = totals[1]
+        penalty = self._penalty()
+        logs = {prefix + "loss": float((totals[0] + totals[2 + self._multi_offset()]) / count) + penalty
+                if count else 0.0}
+        if len(self._outputs) > 1:
+            for i, spec in enumerate(self._outputs):
+                logs[f"{prefix}{spec.name}_loss"] = float(totals[2 + i] / count) if count else 0.0
+        offset = 3 + self._multi_offset()
+        for m in self.metrics:
             logs[prefix + m.name] = m.result_from(totals[offset:offset + m.state_size])
             offset += m.state_size
         return logs
 
+    def _multi_offset(self) -> int:
+        return len(self._outputs) if len(self._outputs) > 1 else 0
+
     def _penalty(self) -> float:
         return sum(v.regularizer.penalty(v.value) for v in self._regularized)
 
-    def _local_gradients(self, x: Any, y: Any, weights: Any, global_count: int, metric_list: list) -> np.ndarray:
+    def _local_gradients(self, x: Any, ys: list, weights: Any, global_count: int) -> np.ndarray:
         """Fill ``self.grads`` with this shard's share of the step's mean gradient; return its metric states."""
-        if not len(x):  # an empty shard in a ragged last step still joins the collectives
+        local_count = len(ys[0]) if ys else 0
+        if not local_count:  # an empty shard in a ragged last step still joins the collectives
             self.grads[...] = 0
-            for layer in self._layers:
+            layers = self._flatten_layers()
+            for layer in layers:
                 layer.empty_shard_forward()
-            for layer in reversed(self._layers):
+            for layer in reversed(layers):
                 layer.empty_shard_backward()
-            return np.zeros(self._state_size(metric_list))
-        y_pred = self._forward(x, training=True)
-        self._backward(self._output_gradient(y, y_pred, weights, global_count))
-        return self._batch_states(y, y_pred, weights, metric_list)
+            return np.zeros(self._state_size())
+        tape = Tape()
+        with tape:
+            outputs = self._flat_outputs(self(x, training=True))
+        seeds = [(output, self._output_gradient(tape, spec, output, y, weights, global_count))
+                 for spec, output, y in zip(self._outputs, outputs, ys) if spec.loss is not None]
+        share = local_count / global_count  # an added loss is a batch mean: weight it by the shard's share
+        seeds += [(loss, np.asarray(share, dtype=self.grads.dtype)) for loss in self.losses if isinstance(loss, Tensor)]
+        tape.backward(seeds, seeds_owned=True)
+        for v in self._bound_variables:  # weights the forward did not reach get a zero gradient
+            if id(v) not in tape.touched:
+                v.grad[...] = 0
+        return self._batch_states(ys, [value_of(o) for o in outputs], weights, local_count)
 
     def _add_regularization_gradients(self) -> None:
         for v in self._regularized:  # identical on every rank: added after the reduction
             v.grad += v.regularizer.gradient(v.value)
 
-    def _train_step(self, x: Any, y: Any, weights: Any, global_count: int, comm: Any,
-                    metric_list: list) -> np.ndarray:
+    def _train_step(self, x: Any, ys: list, weights: Any, global_count: int, comm: Any) -> np.ndarray:
         """One data-parallel step on this rank's shard; returns the step's global metric states
         followed by the number of ranks that asked to stop."""
-        states = np.append(self._local_gradients(x, y, weights, global_count, metric_list), float(self.stop_requested))
+        states = np.append(self._local_gradients(x, ys, weights, global_count), float(self.stop_requested))
         comm.allreduce(self.grads, op="sum")
         self._add_regularization_gradients()
         self.optimizer.apply(self.params, self.grads)
@@ -206,12 +305,12 @@ class TrainingMixin:
             gradient, laid out like ``model.params``. For custom loops and gradient checks.
         """
         self._require_compiled("compute_gradients()")
-        x, y, sample_weight = self._check_xy(x, y, sample_weight)
-        states = self._local_gradients(backend.to_device(x), backend.to_device(y),
+        x, ys, sample_weight = self._check_xy(x, y, sample_weight)
+        states = self._local_gradients(data.take(x, slice(None)), [backend.to_device(t) for t in ys],
                                        None if sample_weight is None else backend.to_device(sample_weight),
-                                       len(x), [])
+                                       len(ys[0]))
         self._add_regularization_gradients()
-        return self._logs_from(states, [])["loss"], backend.to_numpy(self.grads).copy()
+        return self._logs_from(states)["loss"], backend.to_numpy(self.grads).copy()
 
     # ------------------------------------------------------------------------ replica syncing
     def _sync_replicas(self, comm: Any) -> None:
@@ -232,21 +331,52 @@ class TrainingMixin:
             self.optimizer.iterations = comm.bcast_obj(self.optimizer.iterations, root=0)
 
     # ------------------------------------------------------------------------------- checking
-    def _check_xy(self, x: Any, y: Any, sample_weight: Any = None) -> tuple[np.ndarray, np.ndarray, Any]:
-        x = data.as_array(x, "x")
-        y = data.as_array(y, "y")
-        sample_weight = None if sample_weight is None else data.as_array(sample_weight, "sample_weight")
-        data.check_lengths(x=x, y=y, sample_weight=sample_weight)
+    def _check_x(self, x: Any) -> Any:
+        x = data.as_structure(x, "x")
         self._ensure_built(x)
-        self.loss.check_targets(y, self.output_shape)
-        return x.astype(self.params.dtype, copy=False), y, sample_weight
+        return self._cast_inputs(x)
+
+    def _cast_inputs(self, x: Any) -> Any:
+        """Inputs in the dtype the model's inputs declare (token ids stay integers), else the weights' float."""
+        arrays = data.leaves(x)
+        declared = [t.dtype for t in getattr(self, "inputs", None) or []] if not isinstance(x, dict) else []
+        dtypes = declared if len(declared) == len(arrays) else [None] * len(arrays)
+
+        def cast(array: np.ndarray, dtype: Any) -> np.ndarray:
+            if dtype is not None and np.dtype(dtype).kind in "iu" and array.dtype.kind in "iu":
+                return array
+            return array.astype(dtype or self.params.dtype, copy=False)
+
+        result = [cast(a, d) for a, d in zip(arrays, dtypes)]
+        if isinstance(x, dict):
+            return dict(zip(x, result))
+        return result if isinstance(x, list) else result[0]
+
+    def _check_xy(self, x: Any, y: Any, sample_weight: Any = None) -> tuple[Any, list, Any]:
+        x = self._check_x(x)
+        ys = [data.as_array(t, "y") for t in self._targets(data.as_structure(y, "y"))]
+        sample_weight = None if sample_weight is None else data.as_array(sample_weight, "sample_weight")
+        data.check_lengths(x=data.leaves(x)[0], y=ys[0], sample_weight=sample_weight)
+        for t in ys[1:] + data.leaves(x)[1:]:
+            data.check_lengths(x=data.leaves(x)[0], y=t)
+        self._resolve_outputs(x, ys)
+        return x, ys, sample_weight
+
+    def _class_sample_weights(self, ys: list, class_weight: dict | None, sample_weight: Any) -> Any:
+        if not class_weight:
+            return sample_weight
+        if len(ys) > 1:
+            raise ValueError("class_weight is only supported for models with a single output; pass sample_weight")
+        cw = data.class_weights_to_sample_weights(ys[0], class_weight, self._output_shapes_seen[0][-1])
+        return cw if sample_weight is None else sample_weight * cw
 
     # ------------------------------------------------------------------------------------ fit
     def fit(self, x: Any = None, y: Any = None, batch_size: int | None = None, epochs: int = 1,
             verbose: Any = "auto", callbacks: list | None = None, validation_split: float = 0.0,
             validation_data: Any = None, shuffle: bool = True, class_weight: dict | None = None,
             sample_weight: Any = None, initial_epoch: int = 0, steps_per_epoch: int | None = None,
-            validation_batch_size: int | None = None, validation_freq: int = 1) -> History:
+            validation_steps: int | None = None, validation_batch_size: int | None = None,
+            validation_freq: int = 1) -> History:
         """Train for ``epochs`` epochs; ``batch_size`` is the **global** batch across ranks (default 32).
 
         Returns:
@@ -258,24 +388,33 @@ class TrainingMixin:
             raise ValueError(f"epochs must be a non-negative integer. Received: epochs={epochs!r}")
         if not 0 <= validation_split < 1:
             raise ValueError(f"validation_split must be in [0, 1). Received: validation_split={validation_split}")
-        x, y, sample_weight = self._check_xy(x, y, sample_weight)
+        if validation_steps is not None:
+            raise ValueError("validation_steps applies to generator inputs, which distnn's fit does not take yet. "
+                             f"Received: validation_steps={validation_steps}")
+        x, ys, sample_weight = self._check_xy(x, y, sample_weight)
+        count = len(ys[0])
         if validation_split and validation_data is None:
-            split = int(len(x) * (1 - validation_split))
-            if split == 0 or split == len(x):
+            split = int(count * (1 - validation_split))
+            if split == 0 or split == count:
                 raise ValueError(f"validation_split={validation_split} leaves no training or validation samples "
-                                 f"out of {len(x)}")
-            validation_data = (x[split:], y[split:]) if sample_weight is None else (
-                x[split:], y[split:], sample_weight[split:])
-            x, y = x[:split], y[:split]
+                                 f"out of {count}")
+            rows = slice(split, None)
+            validation = (_rows(x, rows), [t[rows] for t in ys], None if sample_weight is None else sample_weight[rows])
+            x, ys = _rows(x, slice(0, split)), [t[:split] for t in ys]
             sample_weight = None if sample_weight is None else sample_weight[:split]
-        if class_weight:
-            cw = data.class_weights_to_sample_weights(y, class_weight, self.output_shape[-1])
-            sample_weight = cw if sample_weight is None else sample_weight * cw
+            count = split
+        elif validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                raise ValueError("validation_data must be (x, y) or (x, y, sample_weight). "
+                                 f"Received: {type(validation_data).__name__}")
+            validation = self._check_xy(*validation_data)
+        else:
+            validation = None
+        sample_weight = self._class_sample_weights(ys, class_weight, sample_weight)
 
         comm = _communicator()
         self._sync_replicas(comm)
-        metric_list = self._build_metrics(y)
-        num_steps = data.steps_per_epoch(len(x), batch_size)
+        num_steps = data.steps_per_epoch(count, batch_size)
         if steps_per_epoch is not None:
             num_steps = min(num_steps, int(steps_per_epoch))
         # One shuffling seed for the whole run, drawn on rank 0: every rank derives the same order.
@@ -286,21 +425,20 @@ class TrainingMixin:
         cb = CallbackList(callbacks, model=self, history=self.history,
                           progbar=ProgbarLogger(verbose) if verbose and comm.rank == 0 else None,
                           params={"epochs": epochs, "steps": num_steps, "verbose": verbose,
-                                  "batch_size": batch_size, "samples": len(x)})
+                                  "batch_size": batch_size, "samples": count})
         self.stop_training = False
         self.stop_requested = False
         self._stop_now = False
-        self.progress = TrainingProgress(epoch=initial_epoch, step=0, totals=np.zeros(self._state_size(metric_list)))
+        self.progress = TrainingProgress(epoch=initial_epoch, step=0, totals=np.zeros(self._state_size()))
         cb.on_train_begin()  # a BackupAndRestore callback may move self.progress to a saved point
         while self.progress.epoch < epochs:
             epoch = self.progress.epoch
             cb.on_epoch_begin(epoch)
-            epoch_logs = self._run_epoch(x, y, sample_weight, batch_size, num_steps, shuffle, comm, metric_list, cb)
+            epoch_logs = self._run_epoch(x, ys, sample_weight, count, batch_size, num_steps, shuffle, comm, cb)
             if self._stop_now:  # preempted mid-epoch: no epoch end, the backup resumes this epoch
                 break
-            if validation_data is not None and (epoch + 1) % validation_freq == 0:
-                val = self.evaluate(*validation_data, batch_size=validation_batch_size or batch_size, verbose=0,
-                                    return_dict=True, _comm=comm)
+            if validation is not None and (epoch + 1) % validation_freq == 0:
+                val = self._evaluate_checked(*validation, batch_size=validation_batch_size or batch_size, comm=comm)
                 epoch_logs.update({"val_" + k: v for k, v in val.items()})
             self.progress.next_epoch()
             cb.on_epoch_end(epoch, epoch_logs)
@@ -314,23 +452,23 @@ class TrainingMixin:
         """True when the last ``fit`` ended early because some rank asked to stop (``stop_requested``)."""
         return self._stop_now
 
-    def _run_epoch(self, x, y, sample_weight, batch_size, num_steps, shuffle, comm, metric_list, cb) -> dict:
+    def _run_epoch(self, x, ys, sample_weight, count, batch_size, num_steps, shuffle, comm, cb) -> dict:
         progress = self.progress
-        order = data.epoch_order(len(x), shuffle, self._data_seed, progress.epoch)
-        logs = self._logs_from(progress.totals, metric_list) if progress.step else {}
+        order = data.epoch_order(count, shuffle, self._data_seed, progress.epoch)
+        logs = self._logs_from(progress.totals) if progress.step else {}
         for batch in data.global_batches(order[:num_steps * batch_size], batch_size, progress.step):
             step = progress.step
             cb.on_train_batch_begin(step)
             start, stop = data.shard_bounds(len(batch), comm.rank, comm.size)
             local = batch[start:stop]
-            states = self._train_step(data.take(x, local), data.take(y, local), data.take(sample_weight, local),
-                                      len(batch), comm, metric_list)
+            states = self._train_step(data.take(x, local), [data.take(t, local) for t in ys],
+                                      data.take(sample_weight, local), len(batch), comm)
             progress.totals += states[:-1]
             progress.step += 1
             # A stop request (a preemption signal on any rank) is summed with the metrics, so every
             # rank agrees to stop after the same step without an extra collective.
             self._stop_now = states[-1] > 0
-            logs = self._logs_from(progress.totals, metric_list)
+            logs = self._logs_from(progress.totals)
             cb.on_train_batch_end(step, logs)
             if self._stop_now or self.stop_training:  # Keras stops within the epoch too
                 break
@@ -338,80 +476,128 @@ class TrainingMixin:
 
     # ------------------------------------------------------------------------------- evaluate
     def evaluate(self, x: Any = None, y: Any = None, batch_size: int | None = None, verbose: Any = "auto",
-                 sample_weight: Any = None, return_dict: bool = False, callbacks: list | None = None,
-                 _comm: Any = None) -> Any:
+                 sample_weight: Any = None, steps: int | None = None, callbacks: list | None = None,
+                 return_dict: bool = False) -> Any:
         """Loss and metrics over all of ``x`` (sharded across ranks, sums reduced: the single-process values).
 
         Returns:
             ``loss`` alone without metrics, else ``[loss, *metrics]``; a dict with ``return_dict=True``.
         """
         self._require_compiled("evaluate()")
+        if steps is not None:
+            raise ValueError(f"evaluate(steps=...) applies to generator inputs, not arrays. Received: steps={steps}")
         batch_size = data.check_batch_size(32 if batch_size is None else batch_size)
-        x, y, sample_weight = self._check_xy(x, y, sample_weight)
-        comm = _comm or _communicator()
-        if _comm is None:
-            self._sync_replicas(comm)
-        metric_list = self._build_metrics(y)
-        start, stop = data.shard_bounds(len(x), comm.rank, comm.size)
-        totals = np.zeros(self._state_size(metric_list))
-        for lo in range(start, stop, batch_size):
-            index = slice(lo, min(lo + batch_size, stop))
-            y_part = data.take(y, index)
-            weights = data.take(sample_weight, index)
-            totals += self._batch_states(y_part, self._forward(data.take(x, index), training=False), weights,
-                                         metric_list)
-        if comm.size > 1:
-            comm.allreduce(totals, op="sum")
-        logs = self._logs_from(totals, metric_list)
-        if verbose and _comm is None and comm.rank == 0:
+        x, ys, sample_weight = self._check_xy(x, y, sample_weight)
+        comm = _communicator()
+        self._sync_replicas(comm)
+        logs = self._evaluate_checked(x, ys, sample_weight, batch_size=batch_size, comm=comm)
+        if verbose and comm.rank == 0:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()), flush=True)
         if return_dict:
             return logs
         values = list(logs.values())
         return values[0] if len(values) == 1 else values
 
+    def _evaluate_checked(self, x: Any, ys: list, sample_weight: Any, batch_size: int, comm: Any) -> dict:
+        start, stop = data.shard_bounds(len(ys[0]), comm.rank, comm.size)
+        totals = np.zeros(self._state_size())
+        for lo in range(start, stop, batch_size):
+            index = slice(lo, min(lo + batch_size, stop))
+            outputs = self._flat_outputs(self(data.take(x, index), training=False))
+            totals += self._batch_states([data.take(t, index) for t in ys], outputs,
+                                         data.take(sample_weight, index), index.stop - index.start)
+        if comm.size > 1:
+            comm.allreduce(totals, op="sum")
+        return self._logs_from(totals)
+
     # -------------------------------------------------------------------------------- predict
-    def predict(self, x: Any, batch_size: int | None = None, verbose: Any = "auto", callbacks: list | None = None) -> np.ndarray:
-        """Predictions for every sample of ``x``, in order (sharded across ranks, then gathered)."""
+    def predict(self, x: Any, batch_size: int | None = None, verbose: Any = "auto", steps: int | None = None,
+                callbacks: list | None = None) -> Any:
+        """Predictions for every sample of ``x``, in order (sharded across ranks, then gathered).
+
+        Returns one array per output, in the structure the model returns (array, list or dict).
+        """
         batch_size = data.check_batch_size(32 if batch_size is None else batch_size)
-        x = data.as_array(x, "x")
-        self._ensure_built(x)
-        x = x.astype(self.params.dtype, copy=False)
+        if steps is not None:
+            raise ValueError(f"predict(steps=...) applies to generator inputs, not arrays. Received: steps={steps}")
+        x = self._check_x(x)
         comm = _communicator()
         self._sync_replicas(comm)
-        start, stop = data.shard_bounds(len(x), comm.rank, comm.size)
-        parts = [backend.to_numpy(self._forward(data.take(x, slice(lo, min(lo + batch_size, stop))), training=False))
+        count = data.num_samples(x, "x")
+        start, stop = data.shard_bounds(count, comm.rank, comm.size)
+        template = self(data.take(x, slice(0, 1)), training=False)
+        parts = [[backend.to_numpy(value_of(o)) for o in self._flat_outputs(
+                  self(data.take(x, slice(lo, min(lo + batch_size, stop))), training=False))]
                  for lo in range(start, stop, batch_size)]
-        local = np.concatenate(parts) if parts else np.zeros((0, *self.output_shape[1:]), dtype=self.params.dtype)
-        return comm.allgather(local) if comm.size > 1 else local
+        flat_template = self._flat_outputs(template)
+        results = []
+        for i, t in enumerate(flat_template):
+            local = np.concatenate([p[i] for p in parts]) if parts else \
+                np.zeros((0, *np.shape(value_of(t))[1:]), dtype=value_of(t).dtype)
+            results.append(comm.allgather(local) if comm.size > 1 else local)
+        it = iter(results)
+        return symbolic.map_structure(lambda _: next(it), template)
 
     # ------------------------------------------------------------------------- on-batch methods
-    def train_on_batch(self, x: Any, y: Any, sample_weight: Any = None, class_weight: dict | None = None,
+    def train_on_batch(self, x: Any, y: Any = None, sample_weight: Any = None, class_weight: dict | None = None,
                        return_dict: bool = False) -> Any:
         """One optimizer step on ``(x, y)`` (a global batch under MPI); returns its loss and metrics."""
         self._require_compiled("train_on_batch()")
-        x, y, sample_weight = self._check_xy(x, y, sample_weight)
-        if class_weight:
-            cw = data.class_weights_to_sample_weights(y, class_weight, self.output_shape[-1])
-            sample_weight = cw if sample_weight is None else sample_weight * cw
+        x, ys, sample_weight = self._check_xy(x, y, sample_weight)
+        sample_weight = self._class_sample_weights(ys, class_weight, sample_weight)
         comm = _communicator()
         if self._synced_with is not comm:
             self._sync_replicas(comm)
             self._synced_with = comm
-        metric_list = self._build_metrics(y)
-        start, stop = data.shard_bounds(len(x), comm.rank, comm.size)
+        start, stop = data.shard_bounds(len(ys[0]), comm.rank, comm.size)
         local = slice(start, stop)
-        states = self._train_step(data.take(x, local), data.take(y, local), data.take(sample_weight, local),
-                                  len(x), comm, metric_list)
-        logs = self._logs_from(states[:-1], metric_list)
+        states = self._train_step(data.take(x, local), [data.take(t, local) for t in ys],
+                                  data.take(sample_weight, local), len(ys[0]), comm)
+        logs = self._logs_from(states[:-1])
         if return_dict:
             return logs
         values = list(logs.values())
         return values[0] if len(values) == 1 else values
 
-    def test_on_batch(self, x: Any, y: Any, sample_weight: Any = None, return_dict: bool = False) -> Any:
-        return self.evaluate(x, y, batch_size=max(1, len(x)), verbose=0, sample_weight=sample_weight,
-                             return_dict=return_dict)
+    def test_on_batch(self, x: Any, y: Any = None, sample_weight: Any = None, return_dict: bool = False) -> Any:
+        return self.evaluate(x, y, batch_size=max(1, data.num_samples(data.as_structure(x, "x"), "x")), verbose=0,
+                             sample_weight=sample_weight, return_dict=return_dict)
 
-    def predict_on_batch(self, x: Any) -> np.ndarray:
-        return self.predict(x, batch_size=max(1, len(x)), verbose=0)
+    def predict_on_batch(self, x: Any) -> Any:
+        return self.predict(x, batch_size=max(1, data.num_samples(data.as_structure(x, "x"), "x")), verbose=0)
+
+
+def _rows(x: Any, index: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: v[index] for k, v in x.items()}
+    if isinstance(x, list):
+        return [v[index] for v in x]
+    return x[index]
+
+
+def _per_sample(values: Any, count: int) -> Any:
+    """A loss's values reduced to one per sample (the mean over any further axes, as Keras reduces)."""
+    return values if values.ndim == 1 else values.reshape(count, -1).mean(axis=1)
+
+
+def _consumed_on(tape: Tape, tensor: Tensor) -> bool:
+    """Whether any op on ``tape`` used ``tensor`` (an output that also feeds other layers)."""
+    return any(parent[-1] is tensor for node in tape.nodes for parent in node.parents)
+
+
+def _tape_loss_gradient(loss: Any, y_true: Any, y_pred: Any, scale: Any) -> Any:
+    """dL/dy_pred of ``sum(per-sample loss * scale)`` for a loss written with ``distnn.ops``."""
+    with Tape() as tape:
+        leaf = Tensor(y_pred, tape)
+        values = loss.call(y_true, leaf)
+        if not isinstance(values, Tensor):
+            raise ValueError(f"Loss {loss.name!r} returned a value that does not depend on y_pred through "
+                             "distnn.ops, so it has no gradient: write it with distnn.ops (or operators on "
+                             "its arguments), not numpy functions")
+        if values.ndim > 1:
+            values = ops_mean(ops_reshape(values, (len(y_pred), -1)), axis=1)
+        total = ops_sum(ops_multiply(values, np.reshape(scale, (-1,)) if np.ndim(scale) else scale))
+    tape.backward([(total, np.ones((), dtype=y_pred.dtype))])
+    if leaf.grad is None:
+        return np.zeros_like(y_pred)
+    return leaf.grad.astype(y_pred.dtype, copy=False)

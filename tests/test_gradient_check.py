@@ -145,42 +145,42 @@ def test_model_with_softmax_cross_entropy_fusion(float64):
     model = Sequential([Dense(8, activation="tanh", input_shape=(5,)), Dropout(0.3), Dense(6, activation="elu"),
                         Dense(4, activation="softmax")])
     model.compile(optimizer="adam", loss="categorical_crossentropy")
-    assert model.layers[-1].fused_output_activation
     assert model.params.dtype == np.float64
     x, y = RNG.normal(size=(10, 5)), np.eye(4)[RNG.integers(4, size=10)]
     _assert_ok(check_model_gradients(model, x, y))
     _assert_ok(check_model_gradients(model, x, y, sample_weight=RNG.uniform(0, 2, 10)))
+    assert model.layers[-1].fused_output_activation  # decided at the step: the loss gives dL/dlogits
 
 
 def test_model_with_sparse_labels_and_a_separate_softmax_layer(float64):
     model = Sequential([Dense(8, activation="relu", input_shape=(5,)), Dense(3), Activation("softmax")])
     model.compile(optimizer="adam", loss=losses.SparseCategoricalCrossentropy())
-    assert model.layers[-1].fused_output_activation
     _assert_ok(check_model_gradients(model, RNG.normal(size=(10, 5)), RNG.integers(3, size=10)))
+    assert model.layers[-1].fused_output_activation  # decided at the step: the loss gives dL/dlogits
 
 
 def test_model_with_sigmoid_binary_cross_entropy_fusion(float64):
     model = Sequential([Dense(8, activation="swish", input_shape=(5,)), Dense(3, activation="sigmoid")])
     model.compile(optimizer="adam", loss=losses.BinaryCrossentropy(label_smoothing=0.1))
-    assert model.layers[-1].fused_output_activation
     x, y = RNG.normal(size=(10, 5)), (RNG.random((10, 3)) > 0.5).astype(float)
     _assert_ok(check_model_gradients(model, x, y))
+    assert model.layers[-1].fused_output_activation  # decided at the step: the loss gives dL/dlogits
 
 
 def test_model_with_logits_and_reshapes(float64):
     model = Sequential([Flatten(input_shape=(2, 3)), Dense(8, activation="gelu"), Reshape((2, 4)),
                         Dense(5, activation="softsign"), Flatten(), Dense(3)])
     model.compile(optimizer="sgd", loss=losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.05))
-    assert not model.layers[-1].fused_output_activation
     x, y = RNG.normal(size=(7, 2, 3)), np.eye(3)[RNG.integers(3, size=7)]
     _assert_ok(check_model_gradients(model, x, y))
+    assert not model.layers[-1].fused_output_activation  # decided at the step: the loss gives dL/dlogits
 
 
 def test_unfused_softmax_with_mse(float64):
     model = Sequential([Dense(6, activation="tanh", input_shape=(4,)), Dense(3, activation="softmax")])
     model.compile(optimizer="sgd", loss="mse")
-    assert not model.layers[-1].fused_output_activation
     _assert_ok(check_model_gradients(model, RNG.normal(size=(8, 4)), _probabilities((8, 3))))
+    assert not model.layers[-1].fused_output_activation  # decided at the step: the loss gives dL/dlogits
 
 
 def test_check_gradients_dispatches(float64):

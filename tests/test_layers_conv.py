@@ -9,6 +9,7 @@ import pytest
 from distnn import backend
 from distnn.layers import Conv1D, Conv2D, Dense, Flatten, MaxPooling2D
 from distnn.models import Sequential
+from distnn.ops import Tape, Tensor
 from distnn.utils import check_layer_gradients, check_model_gradients, clear_session
 
 
@@ -202,10 +203,11 @@ def test_backward_writes_into_the_flat_gradient_buffer_and_skips_dx_for_the_firs
                         Flatten(), Dense(2)])
     model.compile("sgd", "mse")
     first, second = model.layers[:2]
-    assert not first.propagate_input_grad and second.propagate_input_grad
     x = np.random.default_rng(0).standard_normal((5, 6, 6, 2)).astype(np.float32)
     y = np.random.default_rng(1).standard_normal((5, 2)).astype(np.float32)
     _, grads = model.compute_gradients(x, y)
+    # The tape tells each fused backward whether anything before it needs dL/dx: the input does not.
+    assert not first.propagate_input_grad and second.propagate_input_grad
     for layer in (first, second):
         assert np.shares_memory(layer.kernel.grad, model.grads) and np.shares_memory(layer.bias.grad, model.grads)
     np.testing.assert_array_equal(grads, model.grads)
@@ -216,13 +218,17 @@ def test_backward_writes_into_the_flat_gradient_buffer_and_skips_dx_for_the_firs
 def test_training_reuses_buffers_between_steps():
     layer = Conv2D(4, 3, padding="same")
     x = np.random.default_rng(0).standard_normal((4, 7, 7, 3)).astype(np.float32)
-    layer(x, training=True)
-    layer.backward(np.ones((4, 7, 7, 4), np.float32))
-    buffers = {key: id(buf) for key, buf in layer._buffers.items()}
-    layer(x, training=True)
-    layer.backward(np.ones((4, 7, 7, 4), np.float32))
-    assert {key: id(buf) for key, buf in layer._buffers.items()} == buffers
-    assert {"cols", "z", "dblock", "xpad", "dxpad"} <= set(buffers)
+
+    def step() -> dict:
+        with Tape() as tape:
+            y = layer(Tensor(x, tape), training=True)
+        tape.backward([(y, np.ones((4, 7, 7, 4), np.float32))])
+        return {key: id(buf) for key, buf in layer._buffers.items()}
+
+    buffers = step()
+    assert step() == buffers
+    # One set per call slot on the tape (a layer shared within a step keeps its calls apart).
+    assert {("cols", 0), ("z", 0), ("dblock", 0), ("xpad", 0), ("dxpad", 0)} <= set(buffers)
 
 
 def test_small_cnn_model_gradients():

@@ -124,7 +124,8 @@ def test_input_shape_spellings():
     assert Dense(2, input_shape=(7,)).input_shape == (None, 7)
     assert Dense(2, input_shape=7).input_shape == (None, 7)
     assert Dense(2, batch_input_shape=(32, 7)).input_shape == (None, 7)
-    assert isinstance(Input(shape=(3, 4)), InputLayer) and Input(shape=(3, 4)).input_shape == (None, 3, 4)
+    assert Input(shape=(3, 4)).shape == (None, 3, 4)  # a symbolic tensor, as keras.Input
+    assert InputLayer(shape=(3, 4)).input_shape == (None, 3, 4)
     with pytest.raises(ValueError, match="input_shape"):
         Dense(2, input_shape=(0,))
     with pytest.raises(ValueError, match="shape"):

@@ -149,8 +149,8 @@ def test_errors_name_the_argument():
         losses.get("categorical_crossentropyy")
     assert "'categorical_crossentropyy'" in str(info.value)
     assert "categorical_crossentropy" in str(info.value) and "mse" in str(info.value)
-    with pytest.raises(TypeError, match="subclass distnn.losses.Loss"):
-        losses.get(lambda y_true, y_pred: y_pred)
+    with pytest.raises(TypeError, match="a function"):
+        losses.get(42)
     with pytest.raises(ValueError, match="label_smoothing=1.5"):
         losses.CategoricalCrossentropy(label_smoothing=1.5)
     with pytest.raises(ValueError, match="delta=0"):

@@ -33,7 +33,7 @@ def test_accuracy_resolution_for_multiclass_outputs(loss, labels, resolved):
     hits = probs.argmax(-1) == LABELS  # both resolutions mean this for these labels
     loss_value, accuracy, acc = model.evaluate(X, labels, verbose=0)
     assert accuracy == pytest.approx(hits.mean()) and acc == accuracy
-    fn = model._metrics[0].fn
+    fn = model.metrics[0].fn
     assert fn is {"categorical": metrics.categorical_accuracy, "sparse": metrics.sparse_categorical_accuracy}[resolved]
 
 
@@ -43,14 +43,18 @@ def test_accuracy_resolution_for_one_output_unit(loss):
     y = (X[:, :1] > 0).astype("float32")
     p = model.predict(X, verbose=0)
     assert model.evaluate(X, y, verbose=0)[1] == pytest.approx(((p > 0.5) == (y > 0.5)).mean())
-    assert model._metrics[0].fn is metrics.binary_accuracy
+    assert model.metrics[0].fn is metrics.binary_accuracy
 
 
-def test_binary_crossentropy_multilabel_uses_binary_accuracy():
-    model = _model(3, "sigmoid", "binary_crossentropy", ["accuracy"])
+def test_multilabel_accuracy_follows_keras3_shape_rules():
+    """Keras 3 resolves "accuracy" from shapes, not the loss: 3 sigmoid units are categorical;
+    "binary_accuracy" by name gives the per-label accuracy."""
+    model = _model(3, "sigmoid", "binary_crossentropy", ["accuracy", "binary_accuracy"])
     y = (RNG.random((60, 3)) > 0.5).astype("float32")
     p = model.predict(X, verbose=0)
-    assert model.evaluate(X, y, verbose=0)[1] == pytest.approx(((p > 0.5) == y).mean())
+    _, accuracy, binary = model.evaluate(X, y, verbose=0)
+    assert accuracy == pytest.approx((p.argmax(-1) == y.argmax(-1)).mean())
+    assert binary == pytest.approx(((p > 0.5) == y).mean())
 
 
 def test_top_k_against_argsort():
@@ -125,7 +129,10 @@ def test_sample_weights_in_evaluate():
     hits = p.argmax(-1) == LABELS
     loss, accuracy = model.evaluate(X, ONE_HOT, sample_weight=w, batch_size=16, verbose=0)
     assert loss == pytest.approx((w * per_sample).sum() / 60, rel=1e-5)  # Keras: weighted sum / batch size
-    assert accuracy == pytest.approx((w * hits).sum() / w.sum(), rel=1e-6)  # metrics: weighted mean
+    assert accuracy == pytest.approx(hits.mean(), rel=1e-6)  # Keras 3: `metrics` ignore sample_weight
+    model.compile(optimizer="sgd", loss="categorical_crossentropy", weighted_metrics=["accuracy"])
+    _, weighted = model.evaluate(X, ONE_HOT, sample_weight=w, batch_size=16, verbose=0)
+    assert weighted == pytest.approx((w * hits).sum() / w.sum(), rel=1e-6)  # weighted_metrics: weighted mean
 
 
 def test_class_weight_equals_per_sample_weights():
@@ -153,8 +160,7 @@ def test_metric_objects_accumulate_and_reset():
     assert metric.result() == pytest.approx(np.abs(a - b).mean())
     metric.reset_state()
     assert metric.result() == 0.0
-    assert metrics.get("accuracy", loss_name="sparse_categorical_crossentropy", output_shape=(None, 3),
-                       label_ndim=1).fn is metrics.sparse_categorical_accuracy
+    assert metrics.get("accuracy", output_shape=(None, 3), label_shape=(None,)).fn is metrics.sparse_categorical_accuracy
 
 
 def test_unknown_metric_lists_valid_names():

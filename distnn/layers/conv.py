@@ -196,9 +196,11 @@ class Conv(SpatialLayer):
         if channels is None:
             raise ValueError(f"{self.name}: the channel dimension of the inputs must be known. "
                              f"Received: input_shape={input_shape}")
-        self.kernel = self.add_weight("kernel", (*self.kernel_size, channels, self.filters), self.kernel_initializer,
-                                      self.kernel_regularizer)
-        self.bias = (self.add_weight("bias", (self.filters,), self.bias_initializer, self.bias_regularizer)
+        self.kernel = self.add_weight(shape=(*self.kernel_size, channels, self.filters),
+                                      initializer=self.kernel_initializer, regularizer=self.kernel_regularizer,
+                                      name="kernel")
+        self.bias = (self.add_weight(shape=(self.filters,), initializer=self.bias_initializer,
+                                     regularizer=self.bias_regularizer, name="bias")
                      if self.use_bias else None)
         self.built = True
 

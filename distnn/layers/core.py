@@ -7,41 +7,55 @@ from typing import Any
 import numpy as np
 
 from distnn import activations, backend
+from distnn.ops import symbolic
 from distnn.layers.base import Layer, affine_backward, affine_forward, init_kernel_options, kernel_options_config
 from distnn.utils import global_rng
 
 
 class InputLayer(Layer):
-    """Declares the shape of one sample; ``Input(shape=(784,))`` in a ``Sequential`` model.
+    """The source of a functional model's input: holds the shape of one sample and its dtype.
 
     Args:
         shape: shape of one sample, without the batch axis.
-        batch_size: accepted for Keras compatibility; distnn batches are sized by ``fit``.
+        batch_size: fixed batch size, if any (distnn batches are sized by ``fit``; kept in the shape).
+        dtype: dtype of the input (``"int32"`` for token ids); default ``backend.floatx()``.
+        batch_shape: full shape with the batch axis (instead of ``shape``).
+        sparse: only ``False``/``None`` (dense inputs) is supported.
     """
 
-    def __init__(self, shape: tuple | None = None, batch_size: int | None = None, name: str | None = None,
-                 dtype: Any = None, batch_input_shape: tuple | None = None, **kwargs: Any):
-        if shape is None and batch_input_shape is None:
+    def __init__(self, shape: tuple | None = None, batch_size: int | None = None, dtype: Any = None,
+                 sparse: bool | None = None, batch_shape: tuple | None = None, name: str | None = None,
+                 batch_input_shape: tuple | None = None, **kwargs: Any):
+        batch_shape = batch_shape if batch_shape is not None else batch_input_shape
+        if shape is None and batch_shape is None:
             raise ValueError("Input needs shape=(...) of one sample. Received: shape=None")
+        if sparse:
+            raise ValueError("distnn has dense tensors only. Received: sparse=True")
         kwargs.pop("input_shape", None)
-        super().__init__(name=name or None, dtype=dtype, input_shape=shape,
-                         batch_input_shape=batch_input_shape, **kwargs)
-        self.batch_size = batch_size
+        shape = tuple(batch_shape)[1:] if batch_shape is not None else \
+            ((shape,) if isinstance(shape, int) else tuple(shape))
+        super().__init__(name=name or None, dtype=dtype, input_shape=shape, **kwargs)
+        self.batch_size = batch_size if batch_shape is None else tuple(batch_shape)[0]
+        self.built = True
+        self.output_tensor = symbolic.symbolic_call(
+            self, (), {}, specs=symbolic.Spec((self.batch_size, *shape), self.dtype), name=self.name)
+        self._inbound_nodes.append(self.output_tensor.node)
 
     def call(self, x, training=False):
         return x
 
-    def backward(self, grad):
-        return grad
-
     def get_config(self):
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.input_spec_shape[1:])}
+        return {"batch_shape": [self.batch_size, *self.input_spec_shape[1:]], "dtype": self.dtype,
+                "sparse": False, "name": self.name}
 
 
-def Input(shape: tuple | None = None, batch_size: int | None = None, name: str | None = None,
-          dtype: Any = None) -> InputLayer:
-    """Keras' ``Input``: in a ``Sequential`` model it fixes the input shape."""
-    return InputLayer(shape=shape, batch_size=batch_size, name=name, dtype=dtype)
+def Input(shape: tuple | None = None, batch_size: int | None = None, dtype: Any = None, sparse: bool | None = None,
+          batch_shape: tuple | None = None, name: str | None = None, tensor: Any = None) -> Any:
+    """Keras' ``Input``: a symbolic tensor to build a functional model from (or to start a ``Sequential``)."""
+    if tensor is not None:
+        raise ValueError("Input(tensor=...) is not supported: distnn inputs are always fed by the model's caller")
+    return InputLayer(shape=shape, batch_size=batch_size, dtype=dtype, sparse=sparse, batch_shape=batch_shape,
+                      name=name).output_tensor
 
 
 class Dense(Layer):
@@ -76,9 +90,10 @@ class Dense(Layer):
         if input_shape[-1] is None:
             raise ValueError(f"{self.name}: the last axis of the input must be known. "
                              f"Received: input_shape={input_shape}")
-        self.kernel = self.add_weight("kernel", (input_shape[-1], self.units), self.kernel_initializer,
-                                      self.kernel_regularizer)
-        self.bias = (self.add_weight("bias", (self.units,), self.bias_initializer, self.bias_regularizer)
+        self.kernel = self.add_weight(shape=(input_shape[-1], self.units), initializer=self.kernel_initializer,
+                                      regularizer=self.kernel_regularizer, name="kernel")
+        self.bias = (self.add_weight(shape=(self.units,), initializer=self.bias_initializer,
+                                     regularizer=self.bias_regularizer, name="bias")
                      if self.use_bias else None)
         self.built = True
 

@@ -98,13 +98,16 @@ class BatchNormalization(Layer):
         self._stats = _Statistics(input_shape, _normalize_axes(self.axis, len(input_shape), self), self)
         shape = self._stats.param_shape
         # Keras' creation order, so get_weights() lists [gamma, beta, moving_mean, moving_variance].
-        self.gamma = (self.add_weight("gamma", shape, self.gamma_initializer, self.gamma_regularizer)
+        self.gamma = (self.add_weight(shape=shape, initializer=self.gamma_initializer,
+                                      regularizer=self.gamma_regularizer, name="gamma")
                       if self.scale else None)
-        self.beta = (self.add_weight("beta", shape, self.beta_initializer, self.beta_regularizer)
+        self.beta = (self.add_weight(shape=shape, initializer=self.beta_initializer,
+                                     regularizer=self.beta_regularizer, name="beta")
                      if self.center else None)
-        self.moving_mean = self.add_weight("moving_mean", shape, self.moving_mean_initializer, trainable=False)
-        self.moving_variance = self.add_weight("moving_variance", shape, self.moving_variance_initializer,
-                                               trainable=False)
+        self.moving_mean = self.add_weight(shape=shape, initializer=self.moving_mean_initializer, trainable=False,
+                                           name="moving_mean")
+        self.moving_variance = self.add_weight(shape=shape, initializer=self.moving_variance_initializer,
+                                               trainable=False, name="moving_variance")
         self.built = True
 
     def call(self, x, training=False):
@@ -257,10 +260,10 @@ class Normalization(Layer):
         self._stats = _Statistics(input_shape, axes, self)
         shape = self._stats.param_shape
         if self.input_mean is None:
-            self.mean = self.add_weight("mean", shape, "zeros", trainable=False)
-            self.variance = self.add_weight("variance", shape, "ones", trainable=False)
+            self.mean = self.add_weight(shape=shape, initializer="zeros", trainable=False, name="mean")
+            self.variance = self.add_weight(shape=shape, initializer="ones", trainable=False, name="variance")
             # Keras keeps a sample count for compatibility with older saved models; so do we.
-            self.count = self.add_weight("count", (), "zeros", trainable=False)
+            self.count = self.add_weight(shape=(), initializer="zeros", trainable=False, name="count")
         else:
             try:
                 mean = np.broadcast_to(self.input_mean, shape)
