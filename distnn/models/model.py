@@ -51,12 +51,18 @@ class Model(TrainingMixin, Layer):
         self._segments: list[tuple[int, int]] = []
         self._regularized: list[Variable] = []
         self._bound_variables: list[Variable] = []
+        self._layer_cache: list[Layer] | None = None  # _flatten_layers() once built: read every step
 
     # ------------------------------------------------------------------------------ structure
     @property
     def layers(self) -> list[Layer]:
         """The layers directly inside this model (an ``Input`` is not a layer, as in Keras)."""
         return self._tracked_layers()
+
+    def _flatten_layers(self, include_self: bool = True) -> list[Layer]:
+        if self._layer_cache is None:
+            return Layer._flatten_layers(self, include_self)
+        return self._layer_cache if include_self else self._layer_cache[1:]
 
     def get_layer(self, name: str | None = None, index: int | None = None) -> Layer:
         layers = self.layers
@@ -94,7 +100,9 @@ class Model(TrainingMixin, Layer):
     def _bind_buffers(self, call_order: list[Layer] | None = None) -> None:
         """Gather every weight into the flat buffers, in the order backward completes them."""
         xp = backend.xp()
-        owners = self._flatten_layers()
+        self._layer_cache = None
+        owners = Layer._flatten_layers(self)
+        self._layer_cache = list(owners)
         if call_order:
             first_call = {}
             for layer in call_order:

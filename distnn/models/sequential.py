@@ -54,7 +54,7 @@ class Sequential(Model):
                 and getattr(layer, "_declared_input", False):
             self._input_shape = layer.input_spec_shape
         self._layers.append(layer)
-        self.built = False
+        self.built, self._layer_cache = False, None
         if self._input_shape is not None:
             self.build(self._input_shape)
 
@@ -63,7 +63,7 @@ class Sequential(Model):
         if not self._layers:
             raise TypeError("There are no layers in the model")
         layer = self._layers.pop()
-        self.built = False
+        self.built, self._layer_cache = False, None
         if self._layers and self._input_shape is not None:
             self.build(self._input_shape)
         return layer
