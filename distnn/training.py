@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from distnn import backend, data, losses, metrics as metrics_module, optimizers
+from distnn import arguments, backend, data, losses, metrics as metrics_module, optimizers
 from distnn.callbacks import CallbackList, History, ProgbarLogger
+from distnn.distributed import consistency
 from distnn.utils import global_rng
 
 
@@ -254,11 +255,17 @@ class TrainingMixin:
         """
         self._require_compiled("fit()")
         batch_size = data.check_batch_size(32 if batch_size is None else batch_size)
-        if not isinstance(epochs, (int, np.integer)) or epochs < 0:
-            raise ValueError(f"epochs must be a non-negative integer. Received: epochs={epochs!r}")
-        if not 0 <= validation_split < 1:
-            raise ValueError(f"validation_split must be in [0, 1). Received: validation_split={validation_split}")
+        steps_per_epoch, validation_freq = arguments.check_fit_arguments(
+            epochs, validation_split, steps_per_epoch, validation_freq, validation_batch_size, initial_epoch, shuffle)
+        verbose = arguments.check_verbose(verbose)
         x, y, sample_weight = self._check_xy(x, y, sample_weight)
+        comm = _communicator()
+        consistency.check_ranks_agree(comm, "fit", data={
+            "x": x, "y": y, "sample_weight": sample_weight, "validation_data": validation_data}, settings={
+            "batch_size": batch_size, "epochs": epochs, "steps_per_epoch": steps_per_epoch, "shuffle": shuffle,
+            "validation_split": validation_split, "validation_freq": validation_freq,
+            "validation_batch_size": validation_batch_size, "class_weight": class_weight, "initial_epoch": initial_epoch,
+            "optimizer": self.optimizer, "loss": self.loss, "metrics": self._metric_specs})
         if validation_split and validation_data is None:
             split = int(len(x) * (1 - validation_split))
             if split == 0 or split == len(x):
@@ -268,11 +275,10 @@ class TrainingMixin:
                 x[split:], y[split:], sample_weight[split:])
             x, y = x[:split], y[:split]
             sample_weight = None if sample_weight is None else sample_weight[:split]
-        if class_weight:
+        if class_weight is not None:
             cw = data.class_weights_to_sample_weights(y, class_weight, self.output_shape[-1])
             sample_weight = cw if sample_weight is None else sample_weight * cw
 
-        comm = _communicator()
         self._sync_replicas(comm)
         metric_list = self._build_metrics(y)
         num_steps = data.steps_per_epoch(len(x), batch_size)
@@ -282,7 +288,6 @@ class TrainingMixin:
         self._data_seed = comm.bcast_obj(int(global_rng().integers(2**31)), root=0)
 
         self.history = History()
-        verbose = 1 if verbose == "auto" else int(verbose)
         cb = CallbackList(callbacks, model=self, history=self.history,
                           progbar=ProgbarLogger(verbose) if verbose and comm.rank == 0 else None,
                           params={"epochs": epochs, "steps": num_steps, "verbose": verbose,
@@ -298,9 +303,9 @@ class TrainingMixin:
             epoch_logs = self._run_epoch(x, y, sample_weight, batch_size, num_steps, shuffle, comm, metric_list, cb)
             if self._stop_now:  # preempted mid-epoch: no epoch end, the backup resumes this epoch
                 break
-            if validation_data is not None and (epoch + 1) % validation_freq == 0:
+            if validation_data is not None and arguments.validates_after(epoch, validation_freq):
                 val = self.evaluate(*validation_data, batch_size=validation_batch_size or batch_size, verbose=0,
-                                    return_dict=True, _comm=comm)
+                                    return_dict=True, callbacks=cb, _comm=comm)
                 epoch_logs.update({"val_" + k: v for k, v in val.items()})
             self.progress.next_epoch()
             cb.on_epoch_end(epoch, epoch_logs)
@@ -347,24 +352,33 @@ class TrainingMixin:
         """
         self._require_compiled("evaluate()")
         batch_size = data.check_batch_size(32 if batch_size is None else batch_size)
+        verbose = arguments.check_verbose(verbose)
         x, y, sample_weight = self._check_xy(x, y, sample_weight)
         comm = _comm or _communicator()
-        if _comm is None:
+        if _comm is None:  # within fit, fit's check covered the validation data
+            consistency.check_ranks_agree(comm, "evaluate", data={"x": x, "y": y, "sample_weight": sample_weight},
+                                          settings={"batch_size": batch_size, "loss": self.loss,
+                                                    "metrics": self._metric_specs})
             self._sync_replicas(comm)
         metric_list = self._build_metrics(y)
         start, stop = data.shard_bounds(len(x), comm.rank, comm.size)
+        cb = callbacks if isinstance(callbacks, CallbackList) else CallbackList(
+            callbacks, model=self, progbar=ProgbarLogger(verbose) if verbose and comm.rank == 0 else None,
+            params={"verbose": verbose, "epochs": 1, "steps": data.steps_per_epoch(stop - start, batch_size)})
+        cb.on_test_begin()
         totals = np.zeros(self._state_size(metric_list))
-        for lo in range(start, stop, batch_size):
+        for step, lo in enumerate(range(start, stop, batch_size)):
+            cb.on_test_batch_begin(step)
             index = slice(lo, min(lo + batch_size, stop))
             y_part = data.take(y, index)
             weights = data.take(sample_weight, index)
             totals += self._batch_states(y_part, self._forward(data.take(x, index), training=False), weights,
                                          metric_list)
+            cb.on_test_batch_end(step, self._logs_from(totals, metric_list) if cb.wants_test_batch_logs else {})
         if comm.size > 1:
             comm.allreduce(totals, op="sum")
         logs = self._logs_from(totals, metric_list)
-        if verbose and _comm is None and comm.rank == 0:
-            print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()), flush=True)
+        cb.on_test_end(logs)
         if return_dict:
             return logs
         values = list(logs.values())
@@ -374,16 +388,27 @@ class TrainingMixin:
     def predict(self, x: Any, batch_size: int | None = None, verbose: Any = "auto", callbacks: list | None = None) -> np.ndarray:
         """Predictions for every sample of ``x``, in order (sharded across ranks, then gathered)."""
         batch_size = data.check_batch_size(32 if batch_size is None else batch_size)
+        verbose = arguments.check_verbose(verbose)
         x = data.as_array(x, "x")
         self._ensure_built(x)
         x = x.astype(self.params.dtype, copy=False)
         comm = _communicator()
+        consistency.check_ranks_agree(comm, "predict", data={"x": x}, settings={"batch_size": batch_size})
         self._sync_replicas(comm)
         start, stop = data.shard_bounds(len(x), comm.rank, comm.size)
-        parts = [backend.to_numpy(self._forward(data.take(x, slice(lo, min(lo + batch_size, stop))), training=False))
-                 for lo in range(start, stop, batch_size)]
+        cb = CallbackList(callbacks, model=self, progbar=ProgbarLogger(verbose) if verbose and comm.rank == 0 else None,
+                          params={"verbose": verbose, "epochs": 1, "steps": data.steps_per_epoch(stop - start, batch_size)})
+        cb.on_predict_begin()
+        parts = []
+        for step, lo in enumerate(range(start, stop, batch_size)):
+            cb.on_predict_batch_begin(step)
+            parts.append(backend.to_numpy(self._forward(data.take(x, slice(lo, min(lo + batch_size, stop))),
+                                                        training=False)))
+            cb.on_predict_batch_end(step, parts[-1])
         local = np.concatenate(parts) if parts else np.zeros((0, *self.output_shape[1:]), dtype=self.params.dtype)
-        return comm.allgather(local) if comm.size > 1 else local
+        predictions = comm.allgather(local) if comm.size > 1 else local
+        cb.on_predict_end()
+        return predictions
 
     # ------------------------------------------------------------------------- on-batch methods
     def train_on_batch(self, x: Any, y: Any, sample_weight: Any = None, class_weight: dict | None = None,
@@ -391,10 +416,14 @@ class TrainingMixin:
         """One optimizer step on ``(x, y)`` (a global batch under MPI); returns its loss and metrics."""
         self._require_compiled("train_on_batch()")
         x, y, sample_weight = self._check_xy(x, y, sample_weight)
-        if class_weight:
+        comm = _communicator()
+        # One small allgather per call (measured in docs/architecture.md, "Reliability").
+        consistency.check_ranks_agree(comm, "train_on_batch", data={"x": x, "y": y, "sample_weight": sample_weight},
+                                      settings={"class_weight": class_weight, "optimizer": self.optimizer,
+                                                "loss": self.loss, "metrics": self._metric_specs})
+        if class_weight is not None:
             cw = data.class_weights_to_sample_weights(y, class_weight, self.output_shape[-1])
             sample_weight = cw if sample_weight is None else sample_weight * cw
-        comm = _communicator()
         if self._synced_with is not comm:
             self._sync_replicas(comm)
             self._synced_with = comm
