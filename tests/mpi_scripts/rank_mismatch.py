@@ -15,7 +15,7 @@ import numpy as np
 
 import distnn.distributed as dist
 from distnn import backend, optimizers
-from distnn.distributed.consistency import RankMismatchError
+from distnn.distributed import RankMismatchError
 from distnn.layers import Dense
 from distnn.models import Sequential
 from distnn.utils import set_random_seed, to_categorical
