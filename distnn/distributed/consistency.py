@@ -165,7 +165,7 @@ def _optimizer_config(optimizer: Optimizer) -> dict:
 
 def _plain(value: Any) -> Any:
     """``value`` as builtins that compare and print alike on every rank."""
-    if isinstance(value, (np.generic,)):
+    if isinstance(value, np.generic):
         return value.item()
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
