@@ -27,7 +27,14 @@ def __getattr__(name: str) -> Any:
 
 
 class Callback:
-    """Base class with Keras' hooks; ``self.model`` and ``self.params`` are set by ``fit``."""
+    """Base class with Keras' hooks; ``self.model`` and ``self.params`` are set by ``fit``,
+    ``evaluate`` and ``predict``.
+
+    The epoch and train-batch hooks get global logs, identical on every rank. ``evaluate`` and
+    ``predict`` work through each rank's shard in local batches (a rank may have one batch more
+    than another), so their batch hooks see this rank's batches, and ``on_test_batch_end`` this
+    rank's running values; ``on_test_end`` gets the global results.
+    """
 
     def __init__(self) -> None:
         self.model: Any = None
@@ -50,23 +57,46 @@ class Callback:
     def on_train_end(self, logs: dict | None = None) -> None: ...
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None: ...
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None: ...
-    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None: ...
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None: ...
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self.on_batch_begin(batch, logs)  # Keras' older name still fires, unless a subclass overrides this
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.on_batch_end(batch, logs)
+
+    def on_batch_begin(self, batch: int, logs: dict | None = None) -> None: ...
+    def on_batch_end(self, batch: int, logs: dict | None = None) -> None: ...
+    def on_test_begin(self, logs: dict | None = None) -> None: ...
+    def on_test_end(self, logs: dict | None = None) -> None: ...
+    def on_test_batch_begin(self, batch: int, logs: dict | None = None) -> None: ...
+    def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None: ...
+    def on_predict_begin(self, logs: dict | None = None) -> None: ...
+    def on_predict_end(self, logs: dict | None = None) -> None: ...
+    def on_predict_batch_begin(self, batch: int, logs: dict | None = None) -> None: ...
+    def on_predict_batch_end(self, batch: int, logs: dict | None = None) -> None: ...
+
+
+HOOKS = tuple(name for name in vars(Callback) if name.startswith("on_"))
 
 
 class CallbackList:
     """Calls every callback's hook in order: the user's, then History (so it records what they add to
     the logs, such as ``learning_rate``), then the progress bar — Keras' order."""
 
-    def __init__(self, callbacks: list | None, model: Any, history: "History", progbar: Any, params: dict):
+    def __init__(self, callbacks: list | None, model: Any, history: "History | None" = None, progbar: Any = None,
+                 params: dict | None = None):
         callbacks = list(callbacks or [])
         for cb in callbacks:
             if not isinstance(cb, Callback):
                 raise TypeError(f"callbacks must be Callback instances. Received: {cb!r}")
-        self.callbacks = [*callbacks, history] + ([progbar] if progbar is not None else [])
+        self.callbacks = [*callbacks, *(cb for cb in (history, progbar) if cb is not None)]
         for cb in self.callbacks:
             cb.set_model(model)
-            cb.set_params(params)
+            cb.set_params(params or {})
+        # Per-batch evaluate logs cost a regularization penalty over the weights: made only when used.
+        self.wants_test_batch_logs = any(
+            "on_test_batch_end" in vars(cb) or type(cb).on_test_batch_end is not Callback.on_test_batch_end
+            for cb in self.callbacks)
 
     def _call(self, hook: str, *args: Any) -> None:
         for cb in self.callbacks:
@@ -89,6 +119,30 @@ class CallbackList:
 
     def on_train_batch_end(self, step: int, logs: dict) -> None:
         self._call("on_train_batch_end", step, logs)
+
+    def on_test_begin(self) -> None:
+        self._call("on_test_begin", {})
+
+    def on_test_end(self, logs: dict) -> None:
+        self._call("on_test_end", logs)
+
+    def on_test_batch_begin(self, step: int) -> None:
+        self._call("on_test_batch_begin", step, {})
+
+    def on_test_batch_end(self, step: int, logs: dict) -> None:
+        self._call("on_test_batch_end", step, logs)
+
+    def on_predict_begin(self) -> None:
+        self._call("on_predict_begin", {})
+
+    def on_predict_end(self) -> None:
+        self._call("on_predict_end", {})
+
+    def on_predict_batch_begin(self, step: int) -> None:
+        self._call("on_predict_batch_begin", step, {})
+
+    def on_predict_batch_end(self, step: int, outputs: Any) -> None:
+        self._call("on_predict_batch_end", step, {"outputs": outputs})
 
 
 class History(Callback):
@@ -119,6 +173,34 @@ class ProgbarLogger(Callback):
         self.verbose = verbose
         self.file = file
         self._bar: Any = None
+        self._in_fit = False  # fit's validation runs evaluate silently: its results join the epoch line
+
+    def on_train_begin(self, logs=None):
+        self._in_fit = True
+
+    def on_train_end(self, logs=None):
+        self._in_fit = False
+
+    def on_test_begin(self, logs=None):
+        if not self._in_fit:  # in fit, the epoch's clock keeps running
+            self._start = time.perf_counter()
+
+    def on_test_end(self, logs=None):
+        if not self._in_fit:
+            self._print_summary(logs or {})
+
+    def on_predict_begin(self, logs=None):
+        self._start = time.perf_counter()
+
+    def on_predict_end(self, logs=None):
+        self._print_summary({})
+
+    def _print_summary(self, logs: dict) -> None:
+        """``steps/steps - 3s - 12ms/step - loss: ...``, Keras' closing line."""
+        elapsed = time.perf_counter() - self._start
+        steps = max(1, self.params["steps"])
+        print(" - ".join(filter(None, [f"{steps}/{steps}", f"{elapsed:.0f}s", f"{1000 * elapsed / steps:.0f}ms/step",
+                                       _format_logs(logs)])), file=self.file or sys.stdout, flush=True)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
@@ -139,16 +221,13 @@ class ProgbarLogger(Callback):
                 self._bar.refresh()
 
     def on_epoch_end(self, epoch, logs=None):
-        elapsed = time.perf_counter() - self._start
-        steps = max(1, self.params["steps"])
         if self._bar is not None:
-            self._bar.n = steps
+            self._bar.n = max(1, self.params["steps"])
             self._bar.set_description_str("- " + _format_logs(logs or {}), refresh=True)
             self._bar.close()
             self._bar = None
         else:
-            print(f"{steps}/{steps} - {elapsed:.0f}s - {1000 * elapsed / steps:.0f}ms/step - "
-                  f"{_format_logs(logs or {})}", file=self.file or sys.stdout, flush=True)
+            self._print_summary(logs or {})
 
 
 def _monitor_mode(monitor: str, mode: str) -> Callable[[float, float], bool]:
@@ -386,17 +465,30 @@ class TerminateOnNaN(Callback):
 
 
 class LambdaCallback(Callback):
-    """A callback from plain functions: ``LambdaCallback(on_epoch_end=lambda epoch, logs: ...)``."""
+    """A callback from plain functions: ``LambdaCallback(on_epoch_end=lambda epoch, logs: ...)``; any
+    hook of ``Callback`` may be given by name (``on_test_end=...``, ``on_predict_batch_end=...``)."""
 
     def __init__(self, on_epoch_begin=None, on_epoch_end=None, on_train_begin=None, on_train_end=None,
                  on_train_batch_begin=None, on_train_batch_end=None, **kwargs: Any):
         super().__init__()
+        unknown = sorted(set(kwargs) - set(HOOKS))
+        if unknown:
+            raise TypeError(f"LambdaCallback got unexpected arguments: {unknown}. Valid hooks: {sorted(HOOKS)}")
         hooks = {"on_epoch_begin": on_epoch_begin, "on_epoch_end": on_epoch_end, "on_train_begin": on_train_begin,
                  "on_train_end": on_train_end, "on_train_batch_begin": on_train_batch_begin,
-                 "on_train_batch_end": on_train_batch_end,
-                 "on_batch_begin": kwargs.pop("on_batch_begin", None), "on_batch_end": kwargs.pop("on_batch_end", None)}
-        if kwargs:
-            raise TypeError(f"LambdaCallback got unexpected arguments: {sorted(kwargs)}")
+                 "on_train_batch_end": on_train_batch_end, **kwargs}
         for name, fn in hooks.items():
             if fn is not None:
-                setattr(self, name.replace("on_batch_", "on_train_batch_"), fn)
+                setattr(self, name, fn)
+        for when in ("begin", "end"):  # both spellings given: both fire, as each would alone
+            train_fn, batch_fn = hooks.get(f"on_train_batch_{when}"), hooks.get(f"on_batch_{when}")
+            if train_fn is not None and batch_fn is not None:
+                setattr(self, f"on_train_batch_{when}", _call_both(train_fn, batch_fn))
+
+
+def _call_both(first: Callable, second: Callable) -> Callable:
+    def hook(batch: int, logs: dict | None = None) -> None:
+        first(batch, logs)
+        second(batch, logs)
+
+    return hook

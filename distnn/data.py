@@ -6,11 +6,13 @@ same number of steps; a rank whose shard is empty still joins the step's collect
 """
 from __future__ import annotations
 
+import zlib
+from collections.abc import Mapping
 from typing import Any, Iterator
 
 import numpy as np
 
-from distnn import backend
+from distnn import arguments, backend
 
 
 def as_array(data: Any, name: str, dtype: Any = None) -> np.ndarray:
@@ -105,12 +107,52 @@ def take(array: Any, index: Any) -> Any:
 
 
 def class_weights_to_sample_weights(y: np.ndarray, class_weight: dict, num_classes: int) -> np.ndarray:
-    """Per-sample weights from Keras' ``class_weight={class_id: weight}``."""
+    """Per-sample weights from Keras' ``class_weight={class_id: weight}`` (integer ids, finite weights >= 0)."""
+    if not isinstance(class_weight, Mapping):
+        raise ValueError(f"class_weight must be a dict {{class id: weight}}. Received: class_weight={class_weight!r}")
     labels = y.argmax(axis=-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(len(y), -1)[:, 0].astype(np.int64)
-    unknown = set(class_weight) - set(range(num_classes))
+    unknown = [k for k in class_weight if not arguments.is_integer(k) or not 0 <= k < num_classes]
     if unknown:
-        raise ValueError(f"class_weight has keys {sorted(unknown)} outside the classes 0..{num_classes - 1}")
+        raise ValueError(f"class_weight has keys {unknown} that are not class ids 0..{num_classes - 1}")
     table = np.ones(num_classes)
     for cls, weight in class_weight.items():
-        table[int(cls)] = weight
+        table[int(cls)] = arguments.check_real(f"class_weight[{cls}]", weight, minimum=0)
     return table[labels.astype(np.int64)]
+
+
+# An array up to this size is hashed whole; a larger one by sampled rows, each row up to twice
+# _ROW_BYTES whole, else its first and last _ROW_BYTES (a 224x224x3 float32 image row of 588 KiB
+# costs 64 KiB). A memory-mapped file is read only where sampled.
+_WHOLE_BYTES = 64 * 1024
+_ROW_BYTES = 32 * 1024
+_SAMPLED_ROWS = 16
+
+
+def fingerprint(array: np.ndarray) -> str:
+    """A cheap hash (CRC-32) of ``array``'s shape, dtype and content: all of a small array, else its
+    first and last rows and 16 more spread over it (at most 18 rows read, never the whole array).
+
+    The rows depend only on the length, so equal arrays on different ranks (or in different runs)
+    give the same value. A difference only in unsampled bytes goes unnoticed: this checks setup
+    mistakes, such as ranks loading different files, and is no checksum. Costs 30-50 us for a
+    64 x 784 float32 batch, 20 us for a 3.1 GB memory-mapped array (docs/architecture.md,
+    "Reliability").
+    """
+    crc = zlib.crc32(repr((array.shape, array.dtype.str)).encode())
+    if array.nbytes <= _WHOLE_BYTES:
+        return f"{zlib.crc32(_bytes_of(array), crc):08x}"
+    count = len(array)
+    # Knuth's multiplicative hash spreads the rows without building a random generator (~10 us).
+    rows = sorted({0, count - 1, *((k * 2654435761) % count for k in range(1, _SAMPLED_ROWS + 1))})
+    row_bytes = array.nbytes // count
+    if row_bytes <= 2 * _ROW_BYTES:
+        return f"{zlib.crc32(_bytes_of(array[rows]), crc):08x}"  # one gather of the sampled rows
+    for row in rows:
+        raw = _bytes_of(array[row:row + 1])  # a view: a memory-mapped file reads just the touched pages
+        crc = zlib.crc32(raw[-_ROW_BYTES:], zlib.crc32(raw[:_ROW_BYTES], crc))
+    return f"{crc:08x}"
+
+
+def _bytes_of(array: np.ndarray) -> np.ndarray:
+    """The bytes of ``array`` in C order, as a flat uint8 view (copied only when not contiguous)."""
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8)

@@ -15,8 +15,9 @@ import numpy as np
 
 import warnings
 
-from distnn import backend, compile_utils, data, optimizers
+from distnn import arguments, backend, compile_utils, data, optimizers
 from distnn.callbacks import CallbackList, History, ProgbarLogger
+from distnn.distributed import consistency
 from distnn.layers.base import _fused_vjp
 from distnn.ops import symbolic
 from distnn.ops.core import Tape, Tensor, value_of
@@ -362,8 +363,14 @@ class TrainingMixin:
         self._resolve_outputs(x, ys)
         return x, ys, sample_weight
 
+    def _compiled_settings(self) -> dict:
+        """What ranks must agree on from ``compile``: the optimizer, losses and metrics."""
+        return {"optimizer": self.optimizer, "loss": [spec.loss for spec in self._outputs],
+                "loss_weights": [spec.weight for spec in self._outputs],
+                "metrics": [m.name for m in self.metrics]}
+
     def _class_sample_weights(self, ys: list, class_weight: dict | None, sample_weight: Any) -> Any:
-        if not class_weight:
+        if class_weight is None:
             return sample_weight
         if len(ys) > 1:
             raise ValueError("class_weight is only supported for models with a single output; pass sample_weight")
@@ -384,14 +391,20 @@ class TrainingMixin:
         """
         self._require_compiled("fit()")
         batch_size = data.check_batch_size(32 if batch_size is None else batch_size)
-        if not isinstance(epochs, (int, np.integer)) or epochs < 0:
-            raise ValueError(f"epochs must be a non-negative integer. Received: epochs={epochs!r}")
-        if not 0 <= validation_split < 1:
-            raise ValueError(f"validation_split must be in [0, 1). Received: validation_split={validation_split}")
+        steps_per_epoch, validation_freq = arguments.check_fit_arguments(
+            epochs, validation_split, steps_per_epoch, validation_freq, validation_batch_size, initial_epoch, shuffle)
+        verbose = arguments.check_verbose(verbose)
         if validation_steps is not None:
             raise ValueError("validation_steps applies to generator inputs, which distnn's fit does not take yet. "
                              f"Received: validation_steps={validation_steps}")
         x, ys, sample_weight = self._check_xy(x, y, sample_weight)
+        comm = _communicator()
+        consistency.check_ranks_agree(comm, "fit", data={
+            "x": x, "y": ys, "sample_weight": sample_weight, "validation_data": validation_data}, settings={
+            "batch_size": batch_size, "epochs": epochs, "steps_per_epoch": steps_per_epoch, "shuffle": shuffle,
+            "validation_split": validation_split, "validation_freq": validation_freq,
+            "validation_batch_size": validation_batch_size, "class_weight": class_weight, "initial_epoch": initial_epoch,
+            **self._compiled_settings()})
         count = len(ys[0])
         if validation_split and validation_data is None:
             split = int(count * (1 - validation_split))
@@ -411,8 +424,6 @@ class TrainingMixin:
         else:
             validation = None
         sample_weight = self._class_sample_weights(ys, class_weight, sample_weight)
-
-        comm = _communicator()
         self._sync_replicas(comm)
         num_steps = data.steps_per_epoch(count, batch_size)
         if steps_per_epoch is not None:
@@ -421,7 +432,6 @@ class TrainingMixin:
         self._data_seed = comm.bcast_obj(int(global_rng().integers(2**31)), root=0)
 
         self.history = History()
-        verbose = 1 if verbose == "auto" else int(verbose)
         cb = CallbackList(callbacks, model=self, history=self.history,
                           progbar=ProgbarLogger(verbose) if verbose and comm.rank == 0 else None,
                           params={"epochs": epochs, "steps": num_steps, "verbose": verbose,
@@ -437,8 +447,9 @@ class TrainingMixin:
             epoch_logs = self._run_epoch(x, ys, sample_weight, count, batch_size, num_steps, shuffle, comm, cb)
             if self._stop_now:  # preempted mid-epoch: no epoch end, the backup resumes this epoch
                 break
-            if validation is not None and (epoch + 1) % validation_freq == 0:
-                val = self._evaluate_checked(*validation, batch_size=validation_batch_size or batch_size, comm=comm)
+            if validation is not None and arguments.validates_after(epoch, validation_freq):
+                val = self._evaluate_checked(*validation, batch_size=validation_batch_size or batch_size, comm=comm,
+                                             callbacks=cb)
                 epoch_logs.update({"val_" + k: v for k, v in val.items()})
             self.progress.next_epoch()
             cb.on_epoch_end(epoch, epoch_logs)
@@ -487,28 +498,39 @@ class TrainingMixin:
         if steps is not None:
             raise ValueError(f"evaluate(steps=...) applies to generator inputs, not arrays. Received: steps={steps}")
         batch_size = data.check_batch_size(32 if batch_size is None else batch_size)
+        verbose = arguments.check_verbose(verbose)
         x, ys, sample_weight = self._check_xy(x, y, sample_weight)
         comm = _communicator()
+        consistency.check_ranks_agree(comm, "evaluate", data={"x": x, "y": ys, "sample_weight": sample_weight},
+                                      settings={"batch_size": batch_size, **self._compiled_settings()})
         self._sync_replicas(comm)
-        logs = self._evaluate_checked(x, ys, sample_weight, batch_size=batch_size, comm=comm)
-        if verbose and comm.rank == 0:
-            print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()), flush=True)
+        logs = self._evaluate_checked(x, ys, sample_weight, batch_size=batch_size, comm=comm, callbacks=callbacks,
+                                      verbose=verbose)
         if return_dict:
             return logs
         values = list(logs.values())
         return values[0] if len(values) == 1 else values
 
-    def _evaluate_checked(self, x: Any, ys: list, sample_weight: Any, batch_size: int, comm: Any) -> dict:
+    def _evaluate_checked(self, x: Any, ys: list, sample_weight: Any, batch_size: int, comm: Any,
+                          callbacks: Any = None, verbose: int = 0) -> dict:
         start, stop = data.shard_bounds(len(ys[0]), comm.rank, comm.size)
+        cb = callbacks if isinstance(callbacks, CallbackList) else CallbackList(
+            callbacks, model=self, progbar=ProgbarLogger(verbose) if verbose and comm.rank == 0 else None,
+            params={"verbose": verbose, "epochs": 1, "steps": data.steps_per_epoch(stop - start, batch_size)})
+        cb.on_test_begin()
         totals = np.zeros(self._state_size())
-        for lo in range(start, stop, batch_size):
+        for step, lo in enumerate(range(start, stop, batch_size)):
+            cb.on_test_batch_begin(step)
             index = slice(lo, min(lo + batch_size, stop))
             outputs = self._flat_outputs(self(data.take(x, index), training=False))
             totals += self._batch_states([data.take(t, index) for t in ys], outputs,
                                          data.take(sample_weight, index), index.stop - index.start)
+            cb.on_test_batch_end(step, self._logs_from(totals) if cb.wants_test_batch_logs else {})
         if comm.size > 1:
             comm.allreduce(totals, op="sum")
-        return self._logs_from(totals)
+        logs = self._logs_from(totals)
+        cb.on_test_end(logs)
+        return logs
 
     # -------------------------------------------------------------------------------- predict
     def predict(self, x: Any, batch_size: int | None = None, verbose: Any = "auto", steps: int | None = None,
@@ -520,15 +542,23 @@ class TrainingMixin:
         batch_size = data.check_batch_size(32 if batch_size is None else batch_size)
         if steps is not None:
             raise ValueError(f"predict(steps=...) applies to generator inputs, not arrays. Received: steps={steps}")
+        verbose = arguments.check_verbose(verbose)
         x = self._check_x(x)
         comm = _communicator()
+        consistency.check_ranks_agree(comm, "predict", data={"x": x}, settings={"batch_size": batch_size})
         self._sync_replicas(comm)
         count = data.num_samples(x, "x")
         start, stop = data.shard_bounds(count, comm.rank, comm.size)
+        cb = CallbackList(callbacks, model=self, progbar=ProgbarLogger(verbose) if verbose and comm.rank == 0 else None,
+                          params={"verbose": verbose, "epochs": 1, "steps": data.steps_per_epoch(stop - start, batch_size)})
+        cb.on_predict_begin()
         template = self(data.take(x, slice(0, 1)), training=False)
-        parts = [[backend.to_numpy(value_of(o)) for o in self._flat_outputs(
-                  self(data.take(x, slice(lo, min(lo + batch_size, stop))), training=False))]
-                 for lo in range(start, stop, batch_size)]
+        parts = []
+        for step, lo in enumerate(range(start, stop, batch_size)):
+            cb.on_predict_batch_begin(step)
+            parts.append([backend.to_numpy(value_of(o)) for o in self._flat_outputs(
+                self(data.take(x, slice(lo, min(lo + batch_size, stop))), training=False))])
+            cb.on_predict_batch_end(step, {"outputs": parts[-1][0] if len(parts[-1]) == 1 else parts[-1]})
         flat_template = self._flat_outputs(template)
         results = []
         for i, t in enumerate(flat_template):
@@ -536,7 +566,9 @@ class TrainingMixin:
                 np.zeros((0, *np.shape(value_of(t))[1:]), dtype=value_of(t).dtype)
             results.append(comm.allgather(local) if comm.size > 1 else local)
         it = iter(results)
-        return symbolic.map_structure(lambda _: next(it), template)
+        predictions = symbolic.map_structure(lambda _: next(it), template)
+        cb.on_predict_end()
+        return predictions
 
     # ------------------------------------------------------------------------- on-batch methods
     def train_on_batch(self, x: Any, y: Any = None, sample_weight: Any = None, class_weight: dict | None = None,
@@ -544,8 +576,11 @@ class TrainingMixin:
         """One optimizer step on ``(x, y)`` (a global batch under MPI); returns its loss and metrics."""
         self._require_compiled("train_on_batch()")
         x, ys, sample_weight = self._check_xy(x, y, sample_weight)
-        sample_weight = self._class_sample_weights(ys, class_weight, sample_weight)
         comm = _communicator()
+        # One small allgather per call (measured in docs/architecture.md, "Reliability").
+        consistency.check_ranks_agree(comm, "train_on_batch", data={"x": x, "y": ys, "sample_weight": sample_weight},
+                                      settings={"class_weight": class_weight, **self._compiled_settings()})
+        sample_weight = self._class_sample_weights(ys, class_weight, sample_weight)
         if self._synced_with is not comm:
             self._sync_replicas(comm)
             self._synced_with = comm

@@ -3,6 +3,7 @@ CSVLogger, TerminateOnNaN, LambdaCallback and the progress output of verbose=1 /
 import csv
 import io
 import os
+import re
 
 import numpy as np
 import pytest
@@ -304,3 +305,117 @@ def test_verbose_1_on_a_terminal_draws_a_progress_bar():
     text = out.getvalue()
     assert "Epoch 1/2" in text and "4/4" in text and "loss: 0.2000 - accuracy: 0.7500" in text
     assert "=" in text  # the bar itself
+
+
+# ------------------------------------------------------- batch aliases, evaluate and predict hooks
+class HookRecorder(callbacks.Callback):
+    """Records every evaluate/predict hook with its batch and the log keys it got."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def on_test_begin(self, logs=None):
+        self.calls.append(("test_begin", self.params.get("steps")))
+
+    def on_test_batch_begin(self, batch, logs=None):
+        self.calls.append(("test_batch_begin", batch))
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.calls.append(("test_batch_end", batch, round(logs["loss"], 6)))
+
+    def on_test_end(self, logs=None):
+        self.calls.append(("test_end", round(logs["loss"], 6), round(logs["accuracy"], 6)))
+
+    def on_predict_begin(self, logs=None):
+        self.calls.append(("predict_begin", self.params.get("steps")))
+
+    def on_predict_batch_begin(self, batch, logs=None):
+        self.calls.append(("predict_batch_begin", batch))
+
+    def on_predict_batch_end(self, batch, logs=None):
+        self.calls.append(("predict_batch_end", batch, logs["outputs"].shape))
+
+    def on_predict_end(self, logs=None):
+        self.calls.append(("predict_end",))
+
+
+def test_keras_batch_aliases_fire_with_the_train_batch_hooks():
+    class OldStyle(callbacks.Callback):  # Keras 2 code overrides on_batch_* only
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def on_batch_begin(self, batch, logs=None):
+            self.calls.append(f"begin {batch}")
+
+        def on_batch_end(self, batch, logs=None):
+            self.calls.append(f"end {batch} {sorted(logs)}")
+
+    old = OldStyle()
+    model_for().fit(X, Y, epochs=2, batch_size=32, verbose=0, callbacks=[old])
+    assert old.calls == ["begin 0", "end 0 ['accuracy', 'loss']", "begin 1", "end 1 ['accuracy', 'loss']"] * 2
+    # A LambdaCallback given both spellings fires both, once each per batch.
+    seen = []
+    both = callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: seen.append(f"train {batch}"),
+                                    on_batch_end=lambda batch, logs: seen.append(f"alias {batch}"),
+                                    on_batch_begin=lambda batch, logs: seen.append(f"begin {batch}"))
+    model_for().fit(X, Y, epochs=1, batch_size=32, verbose=0, callbacks=[both])
+    assert seen == ["begin 0", "train 0", "alias 0", "begin 1", "train 1", "alias 1"]
+
+
+def test_evaluate_calls_the_test_hooks():
+    model = model_for()
+    recorder = HookRecorder()
+    loss, accuracy = model.evaluate(X, Y, batch_size=24, verbose=0, callbacks=[recorder])
+    assert recorder.model is model
+    first = model.evaluate(X[:24], Y[:24], batch_size=24, verbose=0)[0]
+    assert recorder.calls[:3] == [("test_begin", 3), ("test_batch_begin", 0), ("test_batch_end", 0, round(first, 6))]
+    assert [c[:2] for c in recorder.calls[3:]] == [("test_batch_begin", 1), ("test_batch_end", 1),
+                                                  ("test_batch_begin", 2), ("test_batch_end", 2), ("test_end", round(loss, 6))]
+    assert recorder.calls[-1] == ("test_end", round(loss, 6), round(accuracy, 6))
+    assert recorder.calls[-2][2] == round(loss, 6)  # the last batch's running loss is the full result
+    assert not [c for c in recorder.calls if c[0].startswith("predict")]
+
+
+def test_predict_calls_the_predict_hooks():
+    model = model_for()
+    recorder = HookRecorder()
+    predictions = model.predict(X, batch_size=48, verbose=0, callbacks=[recorder])
+    assert predictions.shape == (64, 2)
+    assert recorder.calls == [("predict_begin", 2), ("predict_batch_begin", 0), ("predict_batch_end", 0, (48, 2)),
+                              ("predict_batch_begin", 1), ("predict_batch_end", 1, (16, 2)), ("predict_end",)]
+    with pytest.raises(TypeError, match="Callback instances"):
+        model.predict(X, callbacks=[print])
+
+
+def test_fit_validation_calls_the_test_hooks_each_validated_epoch():
+    model = model_for()
+    recorder = HookRecorder()
+    model.fit(X, Y, epochs=3, batch_size=32, validation_data=(X_VAL, Y_VAL), validation_freq=2, verbose=0,
+              callbacks=[recorder])
+    names = [c[0] for c in recorder.calls]
+    assert names == ["test_begin", "test_batch_begin", "test_batch_end", "test_end"]  # epoch 2 only
+    assert recorder.calls[-1][1] == round(model.history.history["val_loss"][0], 6)
+
+
+def test_lambda_callback_takes_any_hook_by_name():
+    seen = []
+    cb = callbacks.LambdaCallback(on_test_end=lambda logs: seen.append(("test_end", sorted(logs))),
+                                  on_predict_batch_end=lambda batch, logs: seen.append(("predict", batch)))
+    model = model_for()
+    model.evaluate(X, Y, verbose=0, callbacks=[cb])
+    model.predict(X, batch_size=32, verbose=0, callbacks=[cb])
+    assert seen == [("test_end", ["accuracy", "loss"]), ("predict", 0), ("predict", 1)]
+
+
+def test_evaluate_and_predict_verbose_print_a_summary_line(capsys):
+    model = model_for()
+    loss, accuracy = model.evaluate(X, Y, batch_size=16, verbose=1)
+    out = capsys.readouterr().out
+    assert re.fullmatch(rf"4/4 - \d+s - \d+ms/step - loss: {loss:.4f} - accuracy: {accuracy:.4f}\n", out), out
+    model.predict(X, batch_size=16)  # verbose="auto" shows progress, as Keras
+    assert re.fullmatch(r"4/4 - \d+s - \d+ms/step\n", capsys.readouterr().out)
+    model.predict(X, verbose=0)
+    model.evaluate(X, Y, verbose=0)
+    assert capsys.readouterr().out == ""

@@ -262,6 +262,50 @@ def test_learning_rate_is_settable_and_validated():
         optimizers.SGD(momentum=-0.1)
 
 
+@pytest.mark.parametrize("make, message", [
+    (lambda: optimizers.SGD(float("nan")), "learning_rate must be a finite number >= 0. Received: learning_rate=nan"),
+    (lambda: optimizers.Adam(float("inf")), "Received: learning_rate=inf"),
+    (lambda: optimizers.Adam(np.float32(-0.5)), "Received: learning_rate=-0.5"),
+    (lambda: optimizers.SGD(momentum=float("nan")), "momentum must be a finite number >= 0 and <= 1. Received: momentum=nan"),
+    (lambda: optimizers.RMSprop(rho=1.0), "rho must be a finite number >= 0 and < 1. Received: rho=1.0"),
+    (lambda: optimizers.RMSprop(momentum=2.0), "Received: momentum=2.0"),
+    (lambda: optimizers.RMSprop(epsilon=-1e-7), "epsilon must be a finite number >= 0. Received: epsilon=-1e-07"),
+    (lambda: optimizers.Adam(beta_2=float("nan")), "Received: beta_2=nan"),
+    (lambda: optimizers.Adam(epsilon=float("nan")), "Received: epsilon=nan"),
+    (lambda: optimizers.Adagrad(initial_accumulator_value=-1), "Received: initial_accumulator_value=-1"),
+    (lambda: optimizers.AdamW(weight_decay=float("nan")), "weight_decay must be a finite number >= 0. Received: weight_decay=nan"),
+    (lambda: optimizers.SGD(clipnorm=0), "clipnorm must be a finite number > 0. Received: clipnorm=0"),
+    (lambda: optimizers.SGD(clipvalue=float("nan")), "Received: clipvalue=nan"),
+    (lambda: optimizers.SGD(global_clipnorm=float("inf")), "Received: global_clipnorm=inf"),
+    (lambda: schedules.ExponentialDecay(float("nan"), 10, 0.5), "Received: initial_learning_rate=nan"),
+    (lambda: schedules.ExponentialDecay(0.1, 0, 0.5), "decay_steps must be a finite number > 0. Received: decay_steps=0"),
+    (lambda: schedules.ExponentialDecay(0.1, 10, -0.5), "Received: decay_rate=-0.5"),
+    (lambda: schedules.PiecewiseConstantDecay([10, 5], [0.1, 0.2, 0.3]), r"boundaries must be increasing"),
+    (lambda: schedules.PiecewiseConstantDecay([10], [0.1, float("nan")]), r"Received: values\[1\]=nan"),
+    (lambda: schedules.CosineDecay(0.1, 10, alpha=1.5), "alpha must be a finite number >= 0 and <= 1. Received: alpha=1.5"),
+    (lambda: schedules.CosineDecay(0.1, 10, warmup_target=float("nan"), warmup_steps=2), "Received: warmup_target=nan"),
+    (lambda: schedules.CosineDecay(0.1, 10, warmup_steps=-1), "Received: warmup_steps=-1"),
+])
+def test_non_finite_or_out_of_range_hyperparameters_are_refused(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_learning_rate_set_later_or_returned_by_a_schedule_is_checked():
+    opt = optimizers.SGD(0.1)
+    with pytest.raises(ValueError, match="Received: learning_rate=nan"):
+        opt.learning_rate = float("nan")
+    assert opt.learning_rate == 0.1  # unchanged by the refused value
+    assert schedules.ExponentialDecay(0.1, decay_steps=1e4, decay_rate=0.5).decay_steps == 10000  # Keras' float form
+    params, grads = np.ones(3, "float32"), np.ones(3, "float32")
+    opt = optimizers.SGD(lambda step: 0.1 if step < 1 else float("nan"))
+    opt.build(params, [(0, 3)])
+    opt.apply(params, grads.copy())
+    with pytest.raises(ValueError, match="returned nan at step 1; a learning rate must be a finite number >= 0"):
+        opt.apply(params, grads.copy())
+    np.testing.assert_allclose(params, 0.9)  # the bad step changed nothing
+
+
 # ----------------------------------------------------------------------------------- state
 @pytest.mark.parametrize("name, make, rule", RULES, ids=[r[0] for r in RULES])
 def test_state_get_set_resumes_exactly(name, make, rule):

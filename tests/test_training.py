@@ -288,3 +288,83 @@ def test_fit_before_compile():
 def test_epochs_must_be_a_non_negative_integer():
     with pytest.raises(ValueError, match="Received: epochs=-1"):
         small_model().fit(X, Y, epochs=-1, verbose=0)
+    with pytest.raises(ValueError, match="Received: epochs=True"):
+        small_model().fit(X, Y, epochs=True, verbose=0)
+
+
+# --------------------------------------------------------- arguments that trained silently wrong
+@pytest.mark.parametrize("kwargs, message", [
+    ({"steps_per_epoch": -1}, "steps_per_epoch must be a positive integer. Received: steps_per_epoch=-1"),
+    ({"steps_per_epoch": 0}, "steps_per_epoch must be a positive integer. Received: steps_per_epoch=0"),
+    ({"steps_per_epoch": 2.5}, "steps_per_epoch must be a positive integer. Received: steps_per_epoch=2.5"),
+    ({"steps_per_epoch": True}, "steps_per_epoch must be a positive integer. Received: steps_per_epoch=True"),
+    ({"validation_freq": 0}, "validation_freq must be a positive integer .* Received: validation_freq=0"),
+    ({"validation_freq": -2}, "Received: validation_freq=-2"),
+    ({"validation_freq": 1.5}, "Received: validation_freq=1.5"),
+    ({"validation_freq": []}, r"Received: validation_freq=\[\]"),
+    ({"validation_freq": [1, 0]}, r"Received: validation_freq=\[1, 0\]"),
+    ({"validation_freq": "2"}, "Received: validation_freq='2'"),
+    ({"validation_split": float("nan")}, "validation_split must be a finite number >= 0 and < 1. "
+                                         "Received: validation_split=nan"),
+    ({"validation_split": -0.1}, "Received: validation_split=-0.1"),
+    ({"validation_split": "0.2"}, "Received: validation_split='0.2'"),
+    ({"validation_batch_size": 0}, "validation_batch_size must be a positive integer. Received: validation_batch_size=0"),
+    ({"initial_epoch": -1}, "initial_epoch must be an integer >= 0. Received: initial_epoch=-1"),
+    ({"initial_epoch": 5, "epochs": 3}, "initial_epoch must not exceed epochs .* Received: initial_epoch=5, epochs=3"),
+    ({"shuffle": "yes"}, "shuffle must be True or False. Received: shuffle='yes'"),
+    ({"verbose": 3}, "verbose must be 'auto', 0, 1 or 2. Received: verbose=3"),
+    ({"class_weight": {0: float("nan")}}, r"class_weight\[0\] must be a finite number >= 0. Received: class_weight\[0\]=nan"),
+    ({"class_weight": {1: -2.0}}, r"class_weight\[1\] must be a finite number >= 0. Received: class_weight\[1\]=-2.0"),
+    ({"class_weight": {0: float("inf")}}, r"Received: class_weight\[0\]=inf"),
+    ({"class_weight": {"0": 1.0}}, r"class_weight has keys \['0'\] that are not class ids 0..2"),
+    ({"class_weight": {3: 1.0}}, r"class_weight has keys \[3\] that are not class ids 0..2"),
+    ({"class_weight": [1.0, 2.0, 1.0]}, r"class_weight must be a dict \{class id: weight\}"),
+])
+def test_fit_rejects_arguments_that_would_train_wrong(kwargs, message):
+    model = small_model()
+    before = model.params.copy()
+    with pytest.raises(ValueError, match=message):
+        model.fit(X, Y, **{"epochs": 2, "verbose": 0, **kwargs})
+    np.testing.assert_array_equal(model.params, before)  # refused before any step
+
+
+def test_class_weight_is_checked_in_train_on_batch_too():
+    with pytest.raises(ValueError, match=r"Received: class_weight\[2\]=nan"):
+        small_model().train_on_batch(X, Y, class_weight={2: float("nan")})
+
+
+def test_steps_per_epoch_none_and_valid_values_train():
+    model = small_model()
+    history = model.fit(X, Y, batch_size=16, epochs=1, steps_per_epoch=np.int64(2), verbose=0)
+    assert model.optimizer.iterations == 2 and len(history.history["loss"]) == 1
+    model.fit(X, Y, batch_size=16, epochs=1, steps_per_epoch=None, verbose=0)
+    assert model.optimizer.iterations == 2 + 6
+
+
+def test_validation_freq_as_a_list_of_epochs():
+    model = small_model()
+    seen = []
+    from distnn.callbacks import LambdaCallback
+
+    record = LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append((epoch, "val_loss" in logs)))
+    history = model.fit(X, Y, epochs=5, batch_size=32, validation_data=(X[:10], Y[:10]), validation_freq=[1, 4, 9],
+                        callbacks=[record], verbose=0)
+    assert seen == [(0, True), (1, False), (2, False), (3, True), (4, False)]
+    assert len(history.history["val_loss"]) == 2
+
+
+def test_initial_epoch_equal_to_epochs_trains_nothing():
+    model = small_model()
+    before = model.params.copy()
+    history = model.fit(X, Y, epochs=3, initial_epoch=3, verbose=0)
+    assert history.epoch == [] and model.optimizer.iterations == 0
+    np.testing.assert_array_equal(model.params, before)
+
+
+@pytest.mark.parametrize("verbose", [-1, "loud", 1.0])
+def test_evaluate_and_predict_check_verbose(verbose):
+    model = small_model()
+    with pytest.raises(ValueError, match="verbose must be 'auto', 0, 1 or 2"):
+        model.evaluate(X, Y, verbose=verbose)
+    with pytest.raises(ValueError, match="verbose must be 'auto', 0, 1 or 2"):
+        model.predict(X, verbose=verbose)

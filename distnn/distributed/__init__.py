@@ -22,6 +22,7 @@ from distnn.distributed.world import (allgather, allgather_object, allreduce, ba
 # Model-level helpers for custom loops and Horovod scripts, and crash-safe backups.
 from distnn.distributed.callbacks import BroadcastWeights, LearningRateWarmup, MetricAverage  # noqa: E402
 from distnn.distributed.checkpoint import PREEMPTED_EXIT_CODE, BackupAndRestore  # noqa: E402
+from distnn.distributed.consistency import RankMismatchError  # noqa: E402
 from distnn.distributed.optimizer import DistributedOptimizer, broadcast_weights  # noqa: E402
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "Communicator", "SingleProcessCommunicator", "MpiCommunicator", "RingCommunicator", "AutoCommunicator",
     "create_communicator", "Compression", "Compressor", "broadcast_weights", "DistributedOptimizer",
     "BroadcastWeights", "MetricAverage", "LearningRateWarmup", "BackupAndRestore", "PREEMPTED_EXIT_CODE",
+    "RankMismatchError",
 ]

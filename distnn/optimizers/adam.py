@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from distnn.arguments import check_real
 from distnn.backend import get_array_module
 from distnn.optimizers.optimizer import Optimizer
 
@@ -23,10 +24,9 @@ class Adam(Optimizer):
     def __init__(self, learning_rate: Any = 0.001, beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7,
                  amsgrad: bool = False, **kwargs: Any):
         super().__init__(learning_rate=learning_rate, **kwargs)
-        for arg, value in (("beta_1", beta_1), ("beta_2", beta_2)):
-            if not 0 <= value < 1:
-                raise ValueError(f"{arg} must be in [0, 1). Received: {arg}={value}")
-        self.beta_1, self.beta_2, self.epsilon, self.amsgrad = float(beta_1), float(beta_2), float(epsilon), bool(amsgrad)
+        self.beta_1 = check_real("beta_1", beta_1, 0, 1, below_maximum=True)
+        self.beta_2 = check_real("beta_2", beta_2, 0, 1, below_maximum=True)
+        self.epsilon, self.amsgrad = check_real("epsilon", epsilon, minimum=0), bool(amsgrad)
         self.slot_names = ("m", "v") + (("v_hat",) if amsgrad else ())
 
     def _moments(self, grads: Any) -> tuple[Any, Any]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from distnn.arguments import check_real
 from distnn.backend import get_array_module
 from distnn.optimizers.optimizer import Optimizer
 
@@ -18,9 +19,7 @@ class SGD(Optimizer):
 
     def __init__(self, learning_rate: Any = 0.01, momentum: float = 0.0, nesterov: bool = False, **kwargs: Any):
         super().__init__(learning_rate=learning_rate, **kwargs)
-        if not 0 <= momentum <= 1:
-            raise ValueError(f"momentum must be in [0, 1]. Received: momentum={momentum}")
-        self.momentum, self.nesterov = float(momentum), bool(nesterov)
+        self.momentum, self.nesterov = check_real("momentum", momentum, 0, 1), bool(nesterov)
         self.slot_names = ("momentum",) if momentum else ()
 
     def _update(self, params, grads, lr):
@@ -49,7 +48,9 @@ class RMSprop(Optimizer):
     def __init__(self, learning_rate: Any = 0.001, rho: float = 0.9, momentum: float = 0.0, epsilon: float = 1e-7,
                  centered: bool = False, **kwargs: Any):
         super().__init__(learning_rate=learning_rate, **kwargs)
-        self.rho, self.momentum, self.epsilon, self.centered = float(rho), float(momentum), float(epsilon), bool(centered)
+        self.rho = check_real("rho", rho, 0, 1, below_maximum=True)
+        self.momentum = check_real("momentum", momentum, 0, 1)
+        self.epsilon, self.centered = check_real("epsilon", epsilon, minimum=0), bool(centered)
         self.slot_names = ("velocity",) + (("momentum",) if momentum else ()) + (("average_gradient",) if centered else ())
 
     def _update(self, params, grads, lr):
@@ -92,7 +93,8 @@ class Adagrad(Optimizer):
     def __init__(self, learning_rate: Any = 0.001, initial_accumulator_value: float = 0.1, epsilon: float = 1e-7,
                  **kwargs: Any):
         super().__init__(learning_rate=learning_rate, **kwargs)
-        self.initial_accumulator_value, self.epsilon = float(initial_accumulator_value), float(epsilon)
+        self.initial_accumulator_value = check_real("initial_accumulator_value", initial_accumulator_value, minimum=0)
+        self.epsilon = check_real("epsilon", epsilon, minimum=0)
 
     def _initial_slot(self, name, params, xp):
         return xp.full_like(params, self.initial_accumulator_value)

@@ -8,11 +8,13 @@ broadcast as a few arrays (DESIGN.md).
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, Callable
 
 import numpy as np
 
 from distnn import backend
+from distnn.arguments import check_optional_real, check_real
 from distnn.optimizers import schedules
 
 
@@ -35,18 +37,12 @@ class Optimizer:
         if sum(c is not None for c in (clipnorm, clipvalue, global_clipnorm)) > 1:
             raise ValueError("Only one of clipnorm, clipvalue and global_clipnorm can be set. Received: "
                              f"clipnorm={clipnorm}, clipvalue={clipvalue}, global_clipnorm={global_clipnorm}")
-        for arg, value in (("clipnorm", clipnorm), ("clipvalue", clipvalue), ("global_clipnorm", global_clipnorm),
-                           ("weight_decay", weight_decay)):
-            if value is not None and value < 0:
-                raise ValueError(f"{arg} must be >= 0. Received: {arg}={value}")
-        if not (callable(learning_rate) or isinstance(learning_rate, (int, float))) or isinstance(learning_rate, bool):
-            raise TypeError(f"learning_rate must be a float, a schedule or a callable. "
-                            f"Received: learning_rate={learning_rate!r}")
-        if isinstance(learning_rate, (int, float)) and learning_rate < 0:
-            raise ValueError(f"learning_rate must be >= 0. Received: learning_rate={learning_rate}")
+        # A limit of 0 would zero every gradient: the model would silently stop learning.
+        self.clipnorm = check_optional_real("clipnorm", clipnorm, minimum=0, above_minimum=True)
+        self.clipvalue = check_optional_real("clipvalue", clipvalue, minimum=0, above_minimum=True)
+        self.global_clipnorm = check_optional_real("global_clipnorm", global_clipnorm, minimum=0, above_minimum=True)
+        self.weight_decay = check_optional_real("weight_decay", weight_decay, minimum=0)
         self.learning_rate = learning_rate
-        self.clipnorm, self.clipvalue, self.global_clipnorm = clipnorm, clipvalue, global_clipnorm
-        self.weight_decay = weight_decay
         self.name = name or type(self).__name__.lower()
         self.iterations = 0
         self.slots: dict[str, Any] = {}
@@ -57,12 +53,22 @@ class Optimizer:
     def learning_rate(self) -> float:
         """The rate of the next step (a schedule is evaluated at ``iterations``)."""
         if self._rate_of_step is not None:
-            return float(self._rate_of_step(self.iterations))
+            rate = float(self._rate_of_step(self.iterations))
+            if not 0 <= rate < math.inf:  # also false for NaN
+                raise ValueError(f"The learning-rate schedule {self._learning_rate!r} returned {rate} at step "
+                                 f"{self.iterations}; a learning rate must be a finite number >= 0")
+            return rate
         return self._learning_rate
 
     @learning_rate.setter
     def learning_rate(self, value: float | Callable) -> None:
-        self._learning_rate = value if callable(value) else float(value)
+        """A float (checked: finite, >= 0), a ``LearningRateSchedule`` or a callable."""
+        if not callable(value):
+            if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"learning_rate must be a float, a schedule or a callable. "
+                                f"Received: learning_rate={value!r}")
+            value = check_real("learning_rate", value, minimum=0)
+        self._learning_rate = value
         # Resolved once here, not on every step's read of the rate.
         self._rate_of_step = _step_function(value) if callable(value) else None
 

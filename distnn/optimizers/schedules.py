@@ -4,6 +4,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from distnn.arguments import check_integer, check_optional_real, check_real
+
+
+def _check_decay_steps(decay_steps: Any) -> int | float:
+    """Keras takes any positive number of steps (``decay_steps=1e4`` is common); integral ones stay ints."""
+    value = check_real("decay_steps", decay_steps, minimum=0, above_minimum=True)
+    return int(value) if value.is_integer() else value
+
 
 class LearningRateSchedule:
     def __call__(self, step: int) -> float:
@@ -21,10 +29,10 @@ class ExponentialDecay(LearningRateSchedule):
     """``initial_learning_rate * decay_rate ** (step / decay_steps)`` (floored with ``staircase``)."""
 
     def __init__(self, initial_learning_rate: float, decay_steps: int, decay_rate: float, staircase: bool = False):
-        if decay_steps <= 0:
-            raise ValueError(f"decay_steps must be > 0. Received: decay_steps={decay_steps}")
-        self.initial_learning_rate, self.decay_steps = float(initial_learning_rate), int(decay_steps)
-        self.decay_rate, self.staircase = float(decay_rate), bool(staircase)
+        self.initial_learning_rate = check_real("initial_learning_rate", initial_learning_rate, minimum=0)
+        self.decay_steps = _check_decay_steps(decay_steps)
+        # A negative rate would alternate the sign of the learning rate (with staircase) or give NaN.
+        self.decay_rate, self.staircase = check_real("decay_rate", decay_rate, minimum=0), bool(staircase)
 
     def __call__(self, step):
         p = step / self.decay_steps
@@ -38,7 +46,10 @@ class PiecewiseConstantDecay(LearningRateSchedule):
         if len(values) != len(boundaries) + 1:
             raise ValueError(f"values must have one more entry than boundaries. Received: "
                              f"{len(boundaries)} boundaries, {len(values)} values")
-        self.boundaries, self.values = [int(b) for b in boundaries], [float(v) for v in values]
+        self.boundaries = [check_integer(f"boundaries[{i}]", b, 0) for i, b in enumerate(boundaries)]
+        if self.boundaries != sorted(self.boundaries):
+            raise ValueError(f"boundaries must be increasing step numbers. Received: boundaries={list(boundaries)}")
+        self.values = [check_real(f"values[{i}]", v, minimum=0) for i, v in enumerate(values)]
 
     def __call__(self, step):
         for boundary, value in zip(self.boundaries, self.values):
@@ -53,10 +64,11 @@ class CosineDecay(LearningRateSchedule):
 
     def __init__(self, initial_learning_rate: float, decay_steps: int, alpha: float = 0.0,
                  warmup_target: float | None = None, warmup_steps: int = 0):
-        if decay_steps <= 0:
-            raise ValueError(f"decay_steps must be > 0. Received: decay_steps={decay_steps}")
-        self.initial_learning_rate, self.decay_steps, self.alpha = float(initial_learning_rate), int(decay_steps), float(alpha)
-        self.warmup_target, self.warmup_steps = warmup_target, int(warmup_steps)
+        self.initial_learning_rate = check_real("initial_learning_rate", initial_learning_rate, minimum=0)
+        self.decay_steps = _check_decay_steps(decay_steps)
+        self.alpha = check_real("alpha", alpha, 0, 1)
+        self.warmup_target = check_optional_real("warmup_target", warmup_target, minimum=0)
+        self.warmup_steps = check_integer("warmup_steps", warmup_steps, 0)
 
     def __call__(self, step):
         if step < self.warmup_steps and self.warmup_target is not None:
