@@ -558,7 +558,7 @@ class TrainingMixin:
             cb.on_predict_batch_begin(step)
             parts.append([backend.to_numpy(value_of(o)) for o in self._flat_outputs(
                 self(data.take(x, slice(lo, min(lo + batch_size, stop))), training=False))])
-            cb.on_predict_batch_end(step, {"outputs": parts[-1][0] if len(parts[-1]) == 1 else parts[-1]})
+            cb.on_predict_batch_end(step, parts[-1][0] if len(parts[-1]) == 1 else parts[-1])
         flat_template = self._flat_outputs(template)
         results = []
         for i, t in enumerate(flat_template):
