@@ -226,7 +226,8 @@ class Op:
         raw = []
         for position, arg in enumerate(args):
             if isinstance(arg, (list, tuple)) and not isinstance(arg, Tensor):
-                raw.append([_unwrap(a, tape, position, parents, i) for i, a in enumerate(arg)])
+                items = [_unwrap(a, tape, position, parents, i) for i, a in enumerate(arg)]
+                raw.append(tuple(items) if isinstance(arg, tuple) else items)  # a tuple key stays a tuple
             else:
                 raw.append(_unwrap(arg, tape, position, parents))
         value = self.forward(*raw, **kwargs)
