@@ -158,13 +158,13 @@ def check_model_gradients(model: Any, x: Any, y: Any, sample_weight: Any = None,
                           max_entries: int = 300, seed: int = 0) -> GradientCheckResult:
     """Check a compiled float64 model's gradient of its mean training loss (fusions included)."""
     rng = np.random.default_rng(seed)
+    x_checked, ys, weights = model._check_xy(x, y, sample_weight)  # builds the model on first data
     if model.params.dtype != np.float64:
         raise ValueError("Gradient checks run in float64: call distnn.backend.set_floatx('float64') before "
                          f"building the model. Received: params of dtype {model.params.dtype}")
     replay_noise = _noise_replayer(model._flatten_layers())
     replay_noise()
     _, grads = model.compute_gradients(x, y, sample_weight)
-    x_checked, ys, weights = model._check_xy(x, y, sample_weight)
 
     def objective() -> float:
         replay_noise()

@@ -367,7 +367,7 @@ def mean(x, axis=None, keepdims=False):
 @mean.defvjp
 def _(node, g):
     x = node.inputs[0]
-    count = x.size // max(1, _xp(g).asarray(node.value).size)
+    count = x.size // _xp(g).asarray(node.value).size if x.size else 1  # the reduced elements per output
     return (_xp(g).broadcast_to(_restore_reduced(g, node) / count, x.shape),)
 
 
