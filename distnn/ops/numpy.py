@@ -5,6 +5,7 @@ positional argument (``None`` where the argument is not differentiable). See ``d
 """
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
 from distnn import backend
@@ -367,7 +368,8 @@ def mean(x, axis=None, keepdims=False):
 @mean.defvjp
 def _(node, g):
     x = node.inputs[0]
-    count = x.size // max(1, _xp(g).asarray(node.value).size)
+    # builtins: this module defines ops max/min, which shadow them
+    count = x.size // builtins.max(1, _xp(g).asarray(node.value).size)
     return (_xp(g).broadcast_to(_restore_reduced(g, node) / count, x.shape),)
 
 
