@@ -8,6 +8,14 @@ process computes on all the data (DESIGN.md). ``batch_state`` gives a batch's co
 
 Plain functions ``fn(y_true, y_pred) -> per-sample values`` are accepted as custom metrics and
 averaged over samples.
+
+A custom metric is written the Keras 3 way: state variables from ``add_variable`` (or
+``add_weight``), ``update_state``, ``result`` and optionally ``reset_state``. The base class adapts it
+to the sums above: a batch's state is the change ``update_state`` makes to the variables, and
+``result_from`` assigns summed totals to the variables before calling ``result``. So under MPI **the
+state variables are summed across ranks** (and over the steps of an epoch): a metric whose variables
+are sums or counts (true positives, a total and a count) gives the single-process value; one whose
+variables are not additive (a running maximum, a mean stored as such) does not.
 """
 from __future__ import annotations
 
@@ -59,20 +67,85 @@ def mean_absolute_error(y_true: Any, y_pred: Any) -> Any:
 
 # ------------------------------------------------------------------------------- metric objects
 class Metric:
-    """Base class: a state vector of sums, its per-batch contribution and the result it gives."""
+    """Base class: a state vector of sums, its per-batch contribution and the result it gives.
 
-    state_size = 2
+    Built-in metrics define ``batch_state`` / ``result_from`` on ``state``; custom ones (Keras 3
+    style) define ``update_state`` / ``result`` on variables from ``add_variable`` (module docstring).
+    """
 
-    def __init__(self, name: str | None = None):
+    default_state_size = 2
+
+    def __init__(self, name: str | None = None, dtype: Any = None):
         self.name = name or type(self).__name__.lower()
-        self.state = np.zeros(self.state_size)
+        self.dtype = np.dtype(dtype or "float32").name
+        self._variables: list = []
+        self.state = np.zeros(self.default_state_size)
+
+    # ------------------------------------------------------------------ Keras 3 variable state
+    def add_variable(self, shape: Any = (), initializer: Any = "zeros", dtype: Any = None,
+                     aggregation: str = "sum", name: str | None = None) -> Any:
+        """A state variable; its per-batch changes are summed across ranks (``aggregation="sum"``)."""
+        from distnn import backend, initializers  # noqa: PLC0415 - keeps metrics import-light
+        from distnn.layers.base import Variable  # noqa: PLC0415
+
+        if aggregation != "sum":
+            raise ValueError(f"Metric {self.name!r}: distnn sums metric variables across ranks, so only "
+                             f"aggregation='sum' is supported. Received: aggregation={aggregation!r}")
+        shape = () if shape is None else tuple(int(d) for d in shape)
+        value = initializers.get(initializer)(shape, np.dtype(dtype or self.dtype).name, np.random.default_rng(0))
+        variable = Variable(f"{self.name}/{name or f'variable_{len(self._variables)}'}",
+                            backend.to_device(np.asarray(value)), trainable=False)
+        self._variables.append(variable)
+        self._initial_values = [v.numpy() for v in self._variables]
+        return variable
+
+    def add_weight(self, shape: Any = (), initializer: Any = "zeros", dtype: Any = None,
+                   aggregation: str = "sum", name: str | None = None) -> Any:
+        """Keras' older name for ``add_variable``."""
+        return self.add_variable(shape=shape, initializer=initializer, dtype=dtype, aggregation=aggregation,
+                                 name=name)
+
+    @property
+    def variables(self) -> list:
+        return list(self._variables)
+
+    @property
+    def state_size(self) -> int:
+        return sum(v.size for v in self._variables) if self._variables else self.default_state_size
+
+    def _variable_values(self) -> np.ndarray:
+        return np.concatenate([v.numpy().astype(np.float64).ravel() for v in self._variables])
+
+    def _assign_variables(self, values: np.ndarray) -> None:
+        offset = 0
+        for v in self._variables:
+            v.assign(np.asarray(values[offset:offset + v.size]).reshape(v.shape).astype(v.dtype))
+            offset += v.size
 
     def batch_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> np.ndarray:
-        raise NotImplementedError
+        """A custom metric's batch contribution: what ``update_state`` adds to its variables."""
+        if type(self).update_state is Metric.update_state or not self._variables:
+            raise NotImplementedError(f"Metric {type(self).__name__} must implement update_state() with state "
+                                      "variables from add_variable(), or batch_state()/result_from()")
+        before = self._variable_values()
+        try:
+            self.update_state(y_true, y_pred, sample_weight)
+            return self._variable_values() - before
+        finally:
+            self._assign_variables(before)  # the training loop keeps the totals
 
     def result_from(self, state: np.ndarray) -> float:
-        raise NotImplementedError
+        """A custom metric's value for summed ``state``: the totals go into its variables, then ``result``."""
+        if not self._variables:
+            raise NotImplementedError(f"Metric {type(self).__name__} must implement result_from()")
+        self._assign_variables(np.asarray(self._initial_state_offset()) + state)
+        return float(np.asarray(self.result()))
 
+    def _initial_state_offset(self) -> np.ndarray:
+        """Initial variable values (zeros unless an initializer said otherwise): totals add to them."""
+        return np.concatenate([v.astype(np.float64).ravel() for v in self._initial_values])
+
+    # ------------------------------------------------------------------------- Keras methods
     def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
         self.state += self.batch_state(y_true, y_pred, sample_weight)
 
@@ -81,6 +154,8 @@ class Metric:
 
     def reset_state(self) -> None:
         self.state[:] = 0
+        for v, initial in zip(self._variables, getattr(self, "_initial_values", [])):
+            v.assign(initial)
 
     def get_config(self) -> dict:
         return {"name": self.name}

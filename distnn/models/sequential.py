@@ -86,6 +86,23 @@ class Sequential(Model):
                 self._traced_output_shape(layer, shape)
             self._output_shapes.append(shape)
         self._build_by_running(_zeros_for(self._input_shape, self._input_dtype or self.dtype))
+        self._trace_graph()
+
+    def _trace_graph(self) -> None:
+        """Call the layers on a symbolic ``Input`` (once per build), so that ``model.inputs`` and each
+        ``layer.output`` are graph tensors, as in Keras: ``Model(model.inputs, [l.output for l in
+        model.layers])`` extracts features. A rebuild (``add``/``pop``) replaces the previous trace."""
+        from distnn.layers.core import Input  # noqa: PLC0415 - core imports nothing from models
+
+        for layer, node in getattr(self, "_traced_nodes", []):
+            if node in layer._inbound_nodes:
+                layer._inbound_nodes.remove(node)
+        self._graph_input = Input(shape=self._input_shape[1:], dtype=self._input_dtype or self.dtype)
+        self._traced_nodes = []
+        x = self._graph_input
+        for layer in self._layers:
+            x = layer(x)
+            self._traced_nodes.append((layer, layer._inbound_nodes[-1]))
 
     def _traced_output_shape(self, layer: Layer, shape: tuple) -> tuple:
         return symbolic.output_spec(layer, (symbolic.KerasTensor(shape, self._input_dtype or self.dtype),), {}).shape
@@ -109,7 +126,7 @@ class Sequential(Model):
     @property
     def inputs(self) -> list:
         self._require_built("inputs")
-        return [symbolic.KerasTensor(self._input_shape, self._input_dtype or self.dtype)]
+        return [self._graph_input]
 
     @property
     def output_names(self) -> list[str]:

@@ -5,7 +5,7 @@ Outside training they compute on plain arrays of the backend's array module (num
 """
 from distnn.ops.core import Tape, Tensor, custom_gradient, stop_gradient
 from distnn.ops.nn import log_softmax, relu, sigmoid, softmax
-from distnn.ops.numpy import (abs, add, cast, concatenate, divide, exp, expand_dims, getitem, log, matmul, max,
+from distnn.ops.numpy import (abs, add, argmax, argmin, cast, concatenate, divide, exp, expand_dims, getitem, log, matmul, max,
                               maximum, mean, min, minimum, multiply, negative, power, reshape, sqrt, square,
                               squeeze, stack, subtract, sum, tanh, transpose, true_divide, where)
 from distnn.ops.operators import TensorOperators

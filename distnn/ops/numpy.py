@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from distnn import backend
-from distnn.ops.core import defop, unbroadcast
+from distnn.ops.core import defop, unbroadcast, value_of
 
 
 def _xp(*arrays: Any) -> Any:
@@ -399,3 +399,15 @@ def min(x, axis=None, keepdims=False, initial=None):  # noqa: A001 - Keras name
 
 
 min.defvjp(_extremum_vjp)
+
+
+def argmax(x: Any, axis: int | None = None, keepdims: bool = False) -> Any:
+    """Index of the largest value (an integer result: not differentiable, so not recorded on the tape)."""
+    x = value_of(x)
+    return _xp(x).argmax(x, axis=axis, keepdims=keepdims)
+
+
+def argmin(x: Any, axis: int | None = None, keepdims: bool = False) -> Any:
+    """Index of the smallest value (not differentiable, so not recorded on the tape)."""
+    x = value_of(x)
+    return _xp(x).argmin(x, axis=axis, keepdims=keepdims)
