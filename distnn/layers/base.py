@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from distnn import activations, backend, initializers, regularizers
+from distnn import activations, backend, initializers, regularizers, weight_budget
 from distnn.utils import global_rng
 
 _name_counters: collections.Counter = collections.Counter()
@@ -225,6 +225,7 @@ class Layer:
                    regularizer: Any = None, trainable: bool = True, dtype: Any = None) -> Variable:
         """Create a weight initialised on the host and moved to the device; returns its ``Variable``."""
         init = initializers.get(initializer)
+        weight_budget.charge(shape, f"{self.name}/{name}")  # loading a file: refuse before allocating
         value = backend.to_device(init(tuple(shape), dtype or self.dtype, global_rng()))
         variable = Variable(f"{self.name}/{name}", value, trainable=trainable,
                             regularizer=regularizers.get(regularizer))
