@@ -31,6 +31,7 @@ from distnn import backend
 # The largest slice written or read in one call. Writes pass views of the arrays themselves, so
 # this bounds only the temporary buffers of reads that cannot go straight into their target.
 CHUNK_BYTES = 16 << 20
+_HASH_CHUNK = 1 << 20  # reads that only hash or check: large enough to run at disk speed
 MAX_JSON_BYTES = 64 << 20  # a configuration or History this large is no model: refuse, not parse
 MAX_JSON_DEPTH = 64  # a Sequential config nests 6 levels deep; nested models a few more
 _NPY_MAX_HEADER = 10_000  # numpy's own default ceiling for an .npy header
@@ -255,12 +256,11 @@ class ArchiveReader:
 
     def __init__(self, path: str, required: set[str], optional: set[str] = frozenset()):
         self.path = os.fspath(path)
+        if not stat.S_ISREG(os.stat(self.path).st_mode):  # before open(): a FIFO would block it
+            raise self.error("is not a regular file")
         self._file = open(self.path, "rb")  # noqa: SIM115 - closed by close()
         try:
-            info = os.fstat(self._file.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise self.error("is not a regular file")
-            self.size = info.st_size
+            self.size = os.fstat(self._file.fileno()).st_size
             entries = self._entries(self._file, 0, self.size, "")
             names = {entry.filename for entry in entries}
             if names - required - optional:
@@ -363,7 +363,7 @@ class ArchiveReader:
         """SHA-256 of a member, read in chunks."""
         member = self._members[name]
         digest = hashlib.sha256()
-        buffer = memoryview(bytearray(min(CHUNK_BYTES, member.size)))
+        buffer = memoryview(bytearray(min(_HASH_CHUNK, member.size)))
         self._file.seek(member.offset)
         left = member.size
         while left:
@@ -428,9 +428,9 @@ class ArchiveReader:
     def verify_array(self, entry: ArrayEntry) -> None:
         """Check an array's CRC-32 without keeping it (chunked: no array-sized buffer)."""
         crc = zlib.crc32(entry.header)
-        buffer = memoryview(bytearray(min(CHUNK_BYTES, entry.nbytes)))
-        for begin in range(0, entry.nbytes, CHUNK_BYTES):
-            piece = buffer[:min(CHUNK_BYTES, entry.nbytes - begin)]
+        buffer = memoryview(bytearray(min(_HASH_CHUNK, entry.nbytes)))
+        for begin in range(0, entry.nbytes, _HASH_CHUNK):
+            piece = buffer[:min(_HASH_CHUNK, entry.nbytes - begin)]
             crc = self._read_range(entry.offset + begin, piece, crc)
         if crc != entry.crc:
             raise self.error(f"array {entry.key} is damaged (CRC mismatch)")

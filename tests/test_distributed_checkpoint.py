@@ -242,7 +242,7 @@ import tracemalloc  # noqa: E402
 import zipfile  # noqa: E402
 
 from distnn import saving  # noqa: E402
-from distnn.callbacks import BackupAndRestore, LambdaCallback, TerminateOnNaN  # noqa: E402
+from distnn.callbacks import BackupAndRestore, Callback, LambdaCallback, TerminateOnNaN  # noqa: E402
 from distnn.distributed.backup_format import open_backup, write_backup  # noqa: E402
 from distnn.distributed.backup_lock import LOCK_NAME  # noqa: E402
 from distnn.layers import Dense  # noqa: E402
@@ -312,6 +312,11 @@ def _replace_with_directory(path: Path) -> None:
     path.mkdir()
 
 
+def _replace_with_fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)  # opening it for reading would wait for a writer forever
+
+
 def _older_copy(path: Path) -> None:
     path.write_bytes((path.parent / backup_name(8)).read_bytes())  # its optimizer says step 8, its name 12
 
@@ -337,6 +342,7 @@ DAMAGE = {
     "checksum_mismatch": _flip_weight_byte,
     "deeply_nested_manifest": _deep_manifest,
     "directory_named_like_a_backup": _replace_with_directory,
+    "fifo_named_like_a_backup": _replace_with_fifo,
     "epoch_10_to_the_9": lambda p: resign(p, edit_json("progress.json", lambda s: s.update(epoch=10**9))),
     "negative_step": lambda p: resign(p, edit_json("progress.json", lambda s: s.update(step=-1))),
     "learning_rate_nan": lambda p: resign(p, edit_json("progress.json", lambda s: s.update(learning_rate=float("nan")))),
@@ -387,15 +393,14 @@ def test_a_different_experiment_does_not_resume_a_foreign_backup(tmp_path, chang
 
 def test_terminate_on_nan_keeps_the_backups(tmp_path, capsys):
     backups = tmp_path / "backups"
-    poison = LambdaCallback(on_epoch_end=lambda epoch, logs: model_holder[0].params.fill(np.nan) if epoch == 1 else None)
-    model_holder = []
-    set_random_seed(0)
-    model = Sequential([Dense(8, activation="relu", input_shape=(4,)), Dense(2, activation="softmax")])
-    model.compile(optimizer=Adam(0.05), loss="categorical_crossentropy")
-    model_holder.append(model)
-    model.fit(TX, TY, batch_size=10, epochs=4, verbose=0,
-              callbacks=[BackupAndRestore(str(backups)), poison, TerminateOnNaN()])
-    assert np.isnan(model.history.history["loss"][-1])  # stopped on the NaN loss
+
+    class Poison(Callback):  # after epoch 2's backup: the next step's loss is NaN
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                self.model.params.fill(np.nan)
+
+    poisoned, _ = train(backups, epochs=4, callbacks=[Poison(), TerminateOnNaN()])
+    assert np.isnan(poisoned.history.history["loss"][-1])  # stopped on the NaN loss
     assert backup_steps(backups) == [4, 8]  # kept; nothing written from the NaN weights
     assert "training ended abnormally (the loss became nan)" in capsys.readouterr().err
     with open_backup(str(backups / backup_name(8))) as newest:
@@ -498,7 +503,7 @@ def test_a_second_job_on_the_same_directory_is_refused(tmp_path):
                 f"pid {holder}, started ") in second.stderr, second.stderr
         assert "finished" not in second.stdout
         release.touch()
-        elapsed, out, err = finish(first, timeout=60)
+        _, out, err = finish(first, timeout=60)
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)

@@ -14,7 +14,7 @@ of it is loaded: archive structure, checksums, JSON schemas and nesting, progres
 the run's epochs and steps, array headers against the weight table, the optimizer step against the
 file name. Whatever fails there makes the backup *damaged*, to be skipped for an older one.
 ``Backup.check_fits`` then says whether a sound backup fits the model being trained; when it does
-not, that is the user's error to hear about, not damage (docs/architecture.md, "Reliability").
+not, that is the user's error to hear about, not damage (docs/architecture.md, "Reliability: files and backups").
 """
 from __future__ import annotations
 

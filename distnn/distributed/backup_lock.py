@@ -5,7 +5,7 @@ other's. Rank 0 takes an ``flock`` on ``<backup_dir>/.distnn-backup.lock`` — t
 when the process ends, however it ends — and writes the holder (host, pid, start time) into the
 file, so that a second job is refused with a message naming it. On NFS, Linux implements ``flock``
 with POSIX record locks arbitrated by the server; Lustre needs its ``flock`` mount option. A
-filesystem without locks gets a warning, not a refusal. See docs/architecture.md, "Reliability".
+filesystem without locks gets a warning, not a refusal. See docs/architecture.md, "Reliability: files and backups".
 """
 from __future__ import annotations
 
