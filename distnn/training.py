@@ -440,7 +440,9 @@ class TrainingMixin:
         self.stop_requested = False
         self._stop_now = False
         self.progress = TrainingProgress(epoch=initial_epoch, step=0, totals=np.zeros(self._state_size()))
+        self._fit_arrays = (x, ys, sample_weight)  # a BackupAndRestore callback fingerprints the data
         cb.on_train_begin()  # a BackupAndRestore callback may move self.progress to a saved point
+        self._fit_arrays = None
         while self.progress.epoch < epochs:
             epoch = self.progress.epoch
             cb.on_epoch_begin(epoch)

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from distnn import activations, backend, initializers, regularizers
+from distnn import activations, backend, initializers, regularizers, weight_budget
 from distnn.ops import core as tape_core
 from distnn.ops import symbolic
 from distnn.ops.operators import TensorOperators
@@ -367,8 +367,9 @@ class Layer:
         dtype = np.dtype(dtype or self.dtype).name
         default = "glorot_uniform" if np.dtype(dtype).kind == "f" else "zeros"
         init = initializers.get(initializer if initializer is not None else default)
-        value = backend.to_device(init(shape, dtype, global_rng()))
         name = name or f"variable_{len(self._variables)}"
+        weight_budget.charge(shape, f"{self.name}/{name}")  # loading a file: refuse before allocating
+        value = backend.to_device(init(shape, dtype, global_rng()))
         variable = Variable(f"{self.name}/{name}", value, trainable=trainable,
                             regularizer=regularizers.get(regularizer), constraint=constraint)
         self._variables.append(variable)
