@@ -1,0 +1,321 @@
+"""The tape: differentiable values, how an op records itself, and backward.
+
+Define-by-run, in the DeZero/micrograd style (docs/architecture.md, "Autodiff"):
+
+- Outside a ``Tape`` every op takes and returns plain arrays of the backend's array module: inference
+  records nothing and pays only a Python call per op.
+- Inside ``with Tape() as tape:`` an op whose inputs include a ``Tensor`` or a trainable ``Variable``
+  returns a ``Tensor``: its value, the raw input values, the op's keyword arguments and its VJP.
+  Tensors are appended to ``tape.nodes`` in creation order, which is a topological order, so backward
+  is one reverse walk of that list.
+- ``tape.backward(seeds)`` accumulates gradients; gradients of a value used twice add up. Variables
+  are leaves: the tape watches each once and finally writes (first contribution) or adds (later
+  ones) its gradient into ``variable.grad`` — a view of the model's flat gradient buffer.
+
+An op is declared with ``@defop`` on its forward (raw arrays in, array out) and ``@<op>.defvjp`` on
+its VJP ``vjp(node, g) -> gradient per positional argument``; the VJP reads ``node.inputs``,
+``node.value``, ``node.kwargs`` and ``node.needs`` (which positional arguments want a gradient, so
+an op can skip work nobody asked for).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from distnn import backend
+
+_active_tape: "Tape | None" = None
+# Set by distnn.ops.symbolic: called when an op receives a symbolic (functional-API) tensor.
+_symbolic_types: tuple = ()
+_symbolic_call: Callable | None = None
+
+
+def active_tape() -> "Tape | None":
+    return _active_tape
+
+
+class Tensor:
+    """A value recorded on the tape. Behaves like a Keras tensor inside ``call``: operators, indexing,
+    ``shape``, ``dtype``, ``ndim``, ``T``."""
+
+    __array_ufunc__ = None  # numpy defers to our reflected operators: ``array @ tensor`` stays on the tape
+    __slots__ = ("value", "inputs", "kwargs", "vjp", "parents", "needs", "grad", "tape", "watched_variable",
+                 "__weakref__")
+
+    def __init__(self, value: Any, tape: "Tape"):
+        self.value = value
+        self.tape = tape
+        self.inputs: tuple = ()
+        self.kwargs: dict = {}
+        self.vjp: Callable | None = None
+        self.parents: tuple = ()  # (position, Tensor) or (position, index in a list argument, Tensor)
+        self.needs: tuple = ()
+        self.grad: Any = None
+        self.watched_variable: Any = None
+
+    shape = property(lambda self: tuple(self.value.shape))
+    dtype = property(lambda self: self.value.dtype)
+    ndim = property(lambda self: self.value.ndim)
+    size = property(lambda self: self.value.size)
+
+    def __len__(self) -> int:
+        return len(self.value)
+
+    def numpy(self) -> np.ndarray:
+        return backend.to_numpy(self.value)
+
+    def __repr__(self) -> str:
+        return f"<Tensor shape={self.shape} dtype={self.dtype}>"
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        array = backend.to_numpy(self.value)
+        return array if dtype is None else array.astype(dtype)
+
+    def __bool__(self) -> bool:
+        return bool(self.value)
+
+    def __float__(self) -> float:
+        return float(self.value)
+
+
+class Tape:
+    """Records the ops run inside ``with Tape():`` and differentiates them.
+
+    Tapes do not nest: a tape records until its ``with`` block ends (``pause()`` stops recording for
+    a block, as ``stop_gradient`` does for one value).
+    """
+
+    def __init__(self) -> None:
+        self.nodes: list[Tensor] = []
+        self.watched: dict[int, Tensor] = {}
+        self.layer_calls: dict[int, int] = {}  # id(layer) -> calls so far: a shared layer's call slot
+        self.touched: set[int] = set()  # id(variable) whose grad this backward has already written
+        self._previous: Tape | None = None
+
+    def __enter__(self) -> "Tape":
+        global _active_tape
+        if _active_tape is not None:
+            raise RuntimeError("A Tape is already recording: tapes do not nest")
+        self._previous, _active_tape = _active_tape, self
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        global _active_tape
+        _active_tape = self._previous
+
+    def watch(self, variable: Any) -> Tensor:
+        """The leaf tensor standing for ``variable`` on this tape (one per variable, so uses add up)."""
+        leaf = self.watched.get(id(variable))
+        if leaf is None:
+            leaf = Tensor(variable.value, self)
+            leaf.watched_variable = variable
+            self.watched[id(variable)] = leaf
+        return leaf
+
+    def next_call_slot(self, layer: Any) -> int:
+        slot = self.layer_calls.get(id(layer), 0)
+        self.layer_calls[id(layer)] = slot + 1
+        return slot
+
+    # ------------------------------------------------------------------------------ backward
+    def backward(self, seeds: Iterable[tuple[Any, Any]]) -> None:
+        """Propagate ``(tensor, dL/dtensor)`` seeds back through the tape into the watched variables."""
+        for tensor, grad in seeds:
+            if isinstance(tensor, Tensor) and tensor.tape is self:
+                accumulate(tensor, grad)
+        for node in reversed(self.nodes):
+            grad = node.grad
+            if grad is None:
+                continue
+            node.grad = None  # free it: nothing downstream needs it any more
+            grads = node.vjp(node, grad)
+            for parent in node.parents:
+                if len(parent) == 2:
+                    position, tensor = parent
+                    g = grads[position]
+                else:
+                    position, index, tensor = parent
+                    g = grads[position][index]
+                if g is not None:
+                    accumulate(tensor, g)
+        for leaf in self.watched.values():
+            if leaf.grad is not None:
+                self.write_variable_grad(leaf.watched_variable, leaf.grad)
+                leaf.grad = None
+
+    def write_variable_grad(self, variable: Any, grad: Any) -> None:
+        """Write (first contribution of this backward) or add ``grad`` into ``variable.grad``."""
+        if variable.grad is None:
+            return
+        if id(variable) in self.touched:
+            variable.grad += grad
+        else:
+            variable.grad[...] = grad
+            self.touched.add(id(variable))
+
+
+def accumulate(tensor: Tensor, grad: Any) -> None:
+    # Out of place: a VJP may hand back the very array it received, shared with another tensor.
+    tensor.grad = grad if tensor.grad is None else tensor.grad + grad
+
+
+def _is_variable(value: Any) -> bool:
+    return getattr(value, "_is_distnn_variable", False)
+
+
+def value_of(x: Any) -> Any:
+    """The raw array behind a ``Tensor`` or ``Variable`` (anything else unchanged)."""
+    if isinstance(x, Tensor):
+        return x.value
+    if _is_variable(x):
+        return x.value
+    return x
+
+
+def _unwrap(arg: Any, tape: Tape | None, position: int, parents: list, index: int | None = None) -> Any:
+    if isinstance(arg, Tensor):
+        if tape is not None and arg.tape is tape:
+            parents.append((position, arg) if index is None else (position, index, arg))
+        return arg.value
+    if _is_variable(arg):
+        if tape is not None and arg.trainable and arg.grad is not None:
+            leaf = tape.watch(arg)
+            parents.append((position, leaf) if index is None else (position, index, leaf))
+        return arg.value
+    return arg
+
+
+def _has_symbolic(args: tuple) -> bool:
+    for arg in args:
+        if isinstance(arg, _symbolic_types):
+            return True
+        if isinstance(arg, (list, tuple)) and any(isinstance(a, _symbolic_types) for a in arg):
+            return True
+    return False
+
+
+class Op:
+    """A differentiable operation: ``forward(*arrays, **kwargs) -> array`` plus ``vjp(node, g)``."""
+
+    def __init__(self, forward: Callable):
+        self.forward = forward
+        self.vjp: Callable | None = None
+        self.name = forward.__name__
+        functools.update_wrapper(self, forward)
+
+    def defvjp(self, vjp: Callable) -> Callable:
+        self.vjp = vjp
+        return vjp
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if _symbolic_types and _has_symbolic(args):
+            return _symbolic_call(self, args, kwargs)
+        tape = _active_tape
+        parents: list = []
+        raw = []
+        for position, arg in enumerate(args):
+            if isinstance(arg, (list, tuple)) and not isinstance(arg, Tensor):
+                raw.append([_unwrap(a, tape, position, parents, i) for i, a in enumerate(arg)])
+            else:
+                raw.append(_unwrap(arg, tape, position, parents))
+        value = self.forward(*raw, **kwargs)
+        if not parents or self.vjp is None:
+            return value
+        return record(tape, value, tuple(raw), kwargs, self.vjp, tuple(parents))
+
+    def __repr__(self) -> str:
+        return f"<op {self.name}>"
+
+
+def defop(forward: Callable) -> Op:
+    """Declare a differentiable op from its forward on raw arrays (see the module docstring)."""
+    return Op(forward)
+
+
+def record(tape: Tape, value: Any, inputs: tuple, kwargs: dict, vjp: Callable, parents: tuple) -> Tensor:
+    """Append one node to ``tape``; ``parents`` as built by ``Op.__call__``."""
+    node = Tensor(value, tape)
+    node.inputs, node.kwargs, node.vjp, node.parents = inputs, kwargs, vjp, parents
+    wanted = {p[0] for p in parents}
+    node.needs = tuple(i in wanted for i in range(len(inputs)))
+    tape.nodes.append(node)
+    return node
+
+
+def unbroadcast(grad: Any, shape: tuple) -> Any:
+    """Sum ``grad`` over the axes that broadcasting added to an input of ``shape``."""
+    shape = tuple(shape)
+    if tuple(grad.shape) == shape:
+        return grad
+    extra = grad.ndim - len(shape)
+    if extra:
+        grad = grad.sum(axis=tuple(range(extra)))
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
+    if axes:
+        grad = grad.sum(axis=axes, keepdims=True)
+    return grad.reshape(shape)
+
+
+def shape_of(x: Any) -> tuple:
+    return tuple(np.shape(x)) if not hasattr(x, "shape") else tuple(x.shape)
+
+
+# ---------------------------------------------------------------------------- gradient control
+def stop_gradient(variable: Any) -> Any:
+    """The value of ``variable`` with no gradient flowing back through it."""
+    if _symbolic_types and isinstance(variable, _symbolic_types):
+        return _symbolic_call(stop_gradient, (variable,), {})
+    return value_of(variable)
+
+
+def custom_gradient(fn: Callable) -> Callable:
+    """Keras 3's ``ops.custom_gradient``: ``fn(*args)`` returns ``(result, grad_fn)`` and
+    ``grad_fn(upstream)`` (or ``grad_fn(*args, upstream=...)``) returns one gradient per argument.
+
+    The function runs on raw values with recording paused, so it is one fused node on the tape.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if _symbolic_types and _has_symbolic(args):
+            return _symbolic_call(wrapper, args, kwargs)
+        tape = _active_tape
+        parents: list = []
+        raw = tuple(_unwrap(a, tape, i, parents) for i, a in enumerate(args))
+        with pause():
+            result, grad_fn = fn(*raw, **kwargs)
+        if not parents:
+            return result
+
+        def vjp(node: Tensor, g: Any) -> tuple:
+            with pause():
+                try:
+                    grads = grad_fn(upstream=g)
+                except TypeError:
+                    grads = grad_fn(g)
+            grads = grads if isinstance(grads, (list, tuple)) else (grads,)
+            return tuple(None if gr is None else value_of(gr) for gr in grads)
+
+        return record(tape, value_of(result), raw, kwargs, vjp, tuple(parents))
+
+    return wrapper
+
+
+class pause:
+    """``with pause():`` — run ops without recording (inside a tape)."""
+
+    def __enter__(self) -> None:
+        global _active_tape
+        self._tape, _active_tape = _active_tape, None
+
+    def __exit__(self, *exc: Any) -> None:
+        global _active_tape
+        _active_tape = self._tape
+
+
+def is_tensor(x: Any) -> bool:
+    """Whether ``x`` is something ops accept as a tensor (an array, a tape ``Tensor`` or a ``Variable``)."""
+    return isinstance(x, Tensor) or _is_variable(x) or hasattr(x, "__array_interface__") or \
+        type(x).__module__.startswith("cupy")
