@@ -20,6 +20,7 @@ an op can skip work nobody asked for).
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -161,6 +162,10 @@ def accumulate(tensor: Tensor, grad: Any) -> None:
     tensor.grad = grad if tensor.grad is None else tensor.grad + grad
 
 
+# Arguments that are never tape tensors, variables or symbolic tensors: no further checks needed.
+_CONSTANT_TYPES = (np.ndarray, np.generic, int, float, complex, str, type(None))
+
+
 def _is_variable(value: Any) -> bool:
     return getattr(value, "_is_distnn_variable", False)
 
@@ -187,6 +192,11 @@ def _unwrap(arg: Any, tape: Tape | None, position: int, parents: list, index: in
     return arg
 
 
+def _is_tensor_argument(value: Any) -> bool:
+    return isinstance(value, Tensor) or _is_variable(value) or bool(_symbolic_types) and isinstance(
+        value, _symbolic_types)
+
+
 def _has_symbolic(args: tuple) -> bool:
     for arg in args:
         if isinstance(arg, _symbolic_types):
@@ -204,26 +214,59 @@ class Op:
         self.vjp: Callable | None = None
         self.name = forward.__name__
         functools.update_wrapper(self, forward)
+        # (name, default) of the parameters a caller may pass by position or by keyword
+        self._positional = [(p.name, p.default) for p in inspect.signature(forward).parameters.values()
+                            if p.kind == p.POSITIONAL_OR_KEYWORD]
 
     def defvjp(self, vjp: Callable) -> Callable:
         self.vjp = vjp
         return vjp
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if _symbolic_types and _has_symbolic(args):
-            return _symbolic_call(self, args, kwargs)
+        if kwargs and any(_is_tensor_argument(v) for v in kwargs.values()):
+            args, kwargs = self._bind_keywords(args, kwargs)
         tape = _active_tape
         parents: list = []
         raw = []
+        # One pass over the arguments, cheapest checks first: this loop is the tape's per-op cost.
         for position, arg in enumerate(args):
-            if isinstance(arg, (list, tuple)) and not isinstance(arg, Tensor):
-                raw.append([_unwrap(a, tape, position, parents, i) for i, a in enumerate(arg)])
+            if isinstance(arg, _CONSTANT_TYPES):
+                raw.append(arg)
+            elif isinstance(arg, Tensor):
+                if tape is not None and arg.tape is tape:
+                    parents.append((position, arg))
+                raw.append(arg.value)
+            elif type(arg) in (list, tuple):
+                if _symbolic_types and any(isinstance(a, _symbolic_types) for a in arg):
+                    return _symbolic_call(self, args, kwargs)
+                if any(isinstance(a, Tensor) or _is_variable(a) for a in arg):
+                    # A sequence of tensors (``concatenate``, ``stack``): same container type, raw members.
+                    arg = type(arg)(_unwrap(a, tape, position, parents, i) for i, a in enumerate(arg))
+                raw.append(arg)
+            elif _symbolic_types and isinstance(arg, _symbolic_types):
+                return _symbolic_call(self, args, kwargs)
             else:
                 raw.append(_unwrap(arg, tape, position, parents))
         value = self.forward(*raw, **kwargs)
         if not parents or self.vjp is None:
             return value
         return record(tape, value, tuple(raw), kwargs, self.vjp, tuple(parents))
+
+    def _bind_keywords(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """Move keyword arguments that name positional parameters into ``args``, so that a tensor
+        passed by keyword (``batch_normalization(x, m, v, axis=-1, scale=gamma)``) is differentiated."""
+        names = [name for name, _ in self._positional]
+        last = max((names.index(key) for key in kwargs if key in names), default=-1)
+        kwargs = dict(kwargs)
+        args = list(args)
+        for name, default in self._positional[len(args):last + 1]:
+            if name in kwargs:
+                args.append(kwargs.pop(name))
+            elif default is inspect.Parameter.empty:
+                raise TypeError(f"{self.name}() missing required argument: {name!r}")
+            else:
+                args.append(default)
+        return tuple(args), kwargs
 
     def __repr__(self) -> str:
         return f"<op {self.name}>"
@@ -238,8 +281,10 @@ def record(tape: Tape, value: Any, inputs: tuple, kwargs: dict, vjp: Callable, p
     """Append one node to ``tape``; ``parents`` as built by ``Op.__call__``."""
     node = Tensor(value, tape)
     node.inputs, node.kwargs, node.vjp, node.parents = inputs, kwargs, vjp, parents
-    wanted = {p[0] for p in parents}
-    node.needs = tuple(i in wanted for i in range(len(inputs)))
+    needs = [False] * len(inputs)
+    for parent in parents:
+        needs[parent[0]] = True
+    node.needs = tuple(needs)
     tape.nodes.append(node)
     return node
 
@@ -260,6 +305,48 @@ def unbroadcast(grad: Any, shape: tuple) -> Any:
 
 def shape_of(x: Any) -> tuple:
     return tuple(np.shape(x)) if not hasattr(x, "shape") else tuple(x.shape)
+
+
+def array_module(*values: Any) -> Any:
+    """numpy or cupy, whichever owns the arrays among ``values`` (anything else, such as Python
+    scalars and ``None``, is ignored)."""
+    return backend.get_array_module(*values)
+
+
+def argument(node: Tensor, position: int, name: str, default: Any = None) -> Any:
+    """An op argument as its VJP sees it: passed by position, by keyword, or left at its default."""
+    if len(node.inputs) > position:
+        return node.inputs[position]
+    return node.kwargs.get(name, default)
+
+
+def value_and_grad(fn: Callable, *values: Any, output_gradient: Any = None) -> tuple[Any, list]:
+    """``fn(*values)`` and its gradient with respect to each of ``values``, computed on a fresh tape.
+
+    The output is seeded with ``output_gradient`` (default: ones, so a non-scalar output is summed);
+    an argument the output does not depend on gets zeros. For tests, gradient checks and custom loops.
+    """
+    with Tape() as tape:
+        leaves = [Tensor(backend.get_array_module(v).asarray(v), tape) for v in values]
+        output = fn(*leaves)
+    value = value_of(output)
+    xp = array_module(value)
+    seed = xp.ones_like(value) if output_gradient is None else output_gradient
+    tape.backward([(output, seed)])
+    return value, [xp.zeros_like(leaf.value) if leaf.grad is None else leaf.grad for leaf in leaves]
+
+
+def composite(fn: Callable) -> Callable:
+    """Declare an op written with other ops (its gradient is theirs). On symbolic tensors it is
+    one node of the functional graph, its output shape found by running it on small arrays."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if _symbolic_types and (_has_symbolic(args) or _has_symbolic(tuple(kwargs.values()))):
+            return _symbolic_call(wrapper, args, kwargs)
+        return fn(*args, **kwargs)
+
+    return wrapper
 
 
 # ---------------------------------------------------------------------------- gradient control
@@ -291,16 +378,23 @@ def custom_gradient(fn: Callable) -> Callable:
 
         def vjp(node: Tensor, g: Any) -> tuple:
             with pause():
-                try:
-                    grads = grad_fn(upstream=g)
-                except TypeError:
-                    grads = grad_fn(g)
+                # Keras documents both ``grad(upstream)`` and ``grad(*args, upstream=None)``; asking
+                # the signature (not catching TypeError) keeps a TypeError raised inside grad visible.
+                grads = grad_fn(upstream=g) if _takes_upstream_keyword(grad_fn) else grad_fn(g)
             grads = grads if isinstance(grads, (list, tuple)) else (grads,)
             return tuple(None if gr is None else value_of(gr) for gr in grads)
 
         return record(tape, value_of(result), raw, kwargs, vjp, tuple(parents))
 
     return wrapper
+
+
+def _takes_upstream_keyword(fn: Callable) -> bool:
+    try:
+        parameter = inspect.signature(fn).parameters.get("upstream")
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        return False
+    return parameter is not None and parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)
 
 
 class pause:
