@@ -10,7 +10,7 @@ import pytest
 from test_ops_gradcheck import check_gradient
 
 from distnn import ops
-from distnn.ops import Tape, Tensor
+from distnn.ops import Tape, Tensor, TensorOperators
 from distnn.ops.symbolic import KerasTensor
 
 rng = np.random.default_rng(1234)
@@ -433,7 +433,7 @@ def test_a_value_used_twice_gets_the_sum_of_its_gradients():
         leaf = Tensor(x, tape)
         y = ops.exp(leaf)
         out = ops.sum(y * y + ops.sin(leaf) + leaf)
-    tape.backward([(out, 1.0)])
+    tape.backward([(out, np.ones(()))])
     np.testing.assert_allclose(leaf.grad, 2 * np.exp(2 * x) + np.cos(x) + 1)
 
 
@@ -442,8 +442,8 @@ def test_gradients_accumulate_into_leaf_grad_across_backward_calls():
     with Tape() as tape:
         leaf = Tensor(x, tape)
         first, second = ops.sum(leaf * 2.0), ops.sum(leaf * leaf)
-    tape.backward([(first, 1.0)])
-    tape.backward([(second, 1.0)])
+    tape.backward([(first, np.ones(()))])
+    tape.backward([(second, np.ones(()))])
     np.testing.assert_allclose(leaf.grad, 2 + 2 * x)
 
 
@@ -532,3 +532,34 @@ def test_value_and_grad_gives_zeros_for_unused_arguments():
     np.testing.assert_array_equal(value, [3.0, 3.0])
     np.testing.assert_array_equal(g1, [3.0, 3.0])
     np.testing.assert_array_equal(g2, np.zeros(3))
+
+
+class StandInVariable(TensorOperators):
+    """What the tape needs of a layer weight: ``value``, ``trainable`` and ``grad`` (a buffer view)."""
+
+    _is_distnn_variable = True
+
+    def __init__(self, value, grad):
+        self.value, self.grad, self.trainable = value, grad, grad is not None
+
+    shape = property(lambda self: self.value.shape)
+
+
+def test_variables_are_leaves_whose_gradients_land_in_their_buffer_views():
+    x, w_value, b_value, frozen = randn(5, 4), randn(4, 3), randn(3), randn(3)
+    flat = np.full(15, np.nan)  # one flat gradient buffer; stale contents must be overwritten
+    w = StandInVariable(w_value, flat[:12].reshape(4, 3))
+    b = StandInVariable(b_value, flat[12:])
+    moving = StandInVariable(frozen, None)  # non-trainable state: a constant on the tape
+
+    def loss(x, w, b, moving):
+        h = ops.tanh(x @ w + b) * moving
+        return ops.sum(h * h) + ops.sum(w * w)  # w used three times, b once
+
+    with Tape() as tape:
+        out = loss(x, w, b, moving)
+    tape.backward([(out, np.ones(()))])
+    _, (grad_w, grad_b) = ops.value_and_grad(lambda w_, b_: loss(x, w_, b_, frozen), w_value, b_value)
+    np.testing.assert_allclose(flat[:12].reshape(4, 3), grad_w, rtol=1e-13)
+    np.testing.assert_allclose(flat[12:], grad_b, rtol=1e-13)
+    assert moving.grad is None and len(tape.watched) == 2

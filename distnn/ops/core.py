@@ -214,9 +214,7 @@ class Op:
         self.vjp: Callable | None = None
         self.name = forward.__name__
         functools.update_wrapper(self, forward)
-        # (name, default) of the parameters a caller may pass by position or by keyword
-        self._positional = [(p.name, p.default) for p in inspect.signature(forward).parameters.values()
-                            if p.kind == p.POSITIONAL_OR_KEYWORD]
+        self._positional: list | None = None  # see _bind_keywords
 
     def defvjp(self, vjp: Callable) -> Callable:
         self.vjp = vjp
@@ -255,6 +253,9 @@ class Op:
     def _bind_keywords(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         """Move keyword arguments that name positional parameters into ``args``, so that a tensor
         passed by keyword (``batch_normalization(x, m, v, axis=-1, scale=gamma)``) is differentiated."""
+        if self._positional is None:  # (name, default) of the parameters passable by position or keyword
+            self._positional = [(p.name, p.default) for p in inspect.signature(self.forward).parameters.values()
+                                if p.kind == p.POSITIONAL_OR_KEYWORD]
         names = [name for name, _ in self._positional]
         last = max((names.index(key) for key in kwargs if key in names), default=-1)
         kwargs = dict(kwargs)
