@@ -300,6 +300,10 @@ def _fused_vjp(node: Any, grad: Any) -> tuple:
     return (dx,)
 
 
+# A fused backward writes dL/dx into the layer's own scratch (after copying a gradient it does not own).
+_fused_vjp.exclusive_results = True
+
+
 class Layer:
     """Base class of all layers (Keras API: ``build`` / ``call`` / ``get_config``; ``backward`` optional).
 

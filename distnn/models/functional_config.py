@@ -70,7 +70,7 @@ def get_config(model: Any) -> dict:
         name = node.name
         if name not in entries:
             entry = saving.serialize_layer(operation) if isinstance(operation, Layer) else \
-                {"class_name": _OPERATION, "config": {"name": operation.name}}
+                {"class_name": _OPERATION, "config": {"name": getattr(operation, "name", operation.__name__)}}
             entries[name] = {**entry, "name": name, "inbound_nodes": []}
             order.append(name)
         if not isinstance(operation, InputLayer):
