@@ -2,7 +2,7 @@
 
 A loss returns **per-sample** values (``call``) and their gradient w.r.t. the prediction
 (``gradient``); the training loop weights the samples and divides by the *global* number of
-samples in the step, which keeps N-rank training identical to one process (DESIGN.md).
+samples in the step, which keeps N-rank training identical to one process (docs/architecture.md).
 
 Softmax followed by categorical cross-entropy is fused: when the model's last activation is
 softmax, ``fused_gradient`` gives dL/d(logits) = ``p * sum(y) - y`` directly, which is exact and

@@ -2,7 +2,7 @@
 
 A metric's whole state is a short float64 vector of *sums* (for example ``[sum of values, count]``),
 so combining ranks is one allreduce of the concatenated states and the result equals what one
-process computes on all the data (DESIGN.md). ``batch_state`` gives a batch's contribution,
+process computes on all the data (docs/architecture.md). ``batch_state`` gives a batch's contribution,
 ``result_from`` turns a state into the value; the Keras-style ``update_state`` / ``result`` /
 ``reset_state`` accumulate it.
 

@@ -3,7 +3,7 @@
 With more than one rank, every step takes the next *global* batch of the epoch's order and each
 rank backpropagates its shard's per-sample losses divided by the *global* number of samples in the
 step; one in-place allreduce of the flat gradient then sums the shards into exactly the
-single-process gradient (DESIGN.md). Metric states are sums too and are reduced the same way (with
+single-process gradient (docs/architecture.md). Metric states are sums too and are reduced the same way (with
 a stop flag riding along), so logs, History and callbacks see global values on every rank.
 """
 from __future__ import annotations
