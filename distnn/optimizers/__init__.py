@@ -4,11 +4,13 @@ from __future__ import annotations
 from typing import Any
 
 from distnn.optimizers import schedules
+from distnn.optimizers.adadelta import Adadelta
 from distnn.optimizers.adam import Adam, AdamW, Nadam
 from distnn.optimizers.gradient_descent import SGD, Adagrad, RMSprop
 from distnn.optimizers.optimizer import Optimizer
 
-_BY_NAME = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop, "adagrad": Adagrad, "nadam": Nadam}
+_BY_NAME = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop, "adagrad": Adagrad, "nadam": Nadam,
+            "adadelta": Adadelta}
 _CLASSES = {cls.__name__: cls for cls in _BY_NAME.values()}
 
 
@@ -33,4 +35,4 @@ def serialize(optimizer: Optimizer) -> dict:
     return {"class_name": type(optimizer).__name__, "config": optimizer.get_config()}
 
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Nadam", "RMSprop", "Adagrad", "schedules", "get", "serialize"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Nadam", "RMSprop", "Adagrad", "Adadelta", "schedules", "get", "serialize"]
