@@ -336,6 +336,23 @@ class LossFunctionWrapper(Loss):
                 **self.fn_kwargs}
 
 
+def categorical_crossentropy(y_true: Any, y_pred: Any, from_logits: bool = False, label_smoothing: float = 0.0,
+                             axis: int = -1) -> Any:
+    """Keras' function form: per-sample losses. ``compile(loss=categorical_crossentropy)`` trains with
+    the ``CategoricalCrossentropy`` class (its fused gradient)."""
+    return CategoricalCrossentropy(from_logits=from_logits, label_smoothing=label_smoothing, axis=axis).call(
+        y_true, y_pred)
+
+
+def sparse_categorical_crossentropy(y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
+    """Keras' function form: per-sample losses (``compile`` uses ``SparseCategoricalCrossentropy``)."""
+    return SparseCategoricalCrossentropy(from_logits=from_logits).call(y_true, y_pred)
+
+
+# Keras' loss functions passed to compile() resolve to their classes, which have fused gradients.
+_FUNCTIONS = {categorical_crossentropy: CategoricalCrossentropy,
+              sparse_categorical_crossentropy: SparseCategoricalCrossentropy}
+
 _BY_NAME: dict[str, Any] = {
     "categorical_crossentropy": CategoricalCrossentropy,
     "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
@@ -366,6 +383,9 @@ def get(identifier: Any, custom_objects: dict | None = None) -> Loss:
         if identifier not in _BY_NAME:
             raise ValueError(f"Unknown loss {identifier!r}. Valid names: {sorted(_BY_NAME)}")
         return _BY_NAME[identifier]()
+    for function, cls in _FUNCTIONS.items():
+        if identifier is function:
+            return cls()
     if callable(identifier):
         return LossFunctionWrapper(identifier)
     raise TypeError(f"loss must be a string, a Loss instance or a function (y_true, y_pred). "

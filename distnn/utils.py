@@ -1,4 +1,4 @@
-"""Utilities with Keras names: ``to_categorical``, ``normalize``, ``set_random_seed``, gradient checks."""
+"""Utilities with Keras names: ``to_categorical``, ``normalize``, ``set_random_seed``, ``PyDataset``, gradient checks."""
 from __future__ import annotations
 
 import random
@@ -72,6 +72,10 @@ def clear_session() -> None:
 
 
 def __getattr__(name: str) -> Any:
+    if name in ("PyDataset", "Sequence"):  # Keras' keras.utils.PyDataset (Sequence: its Keras 2 name)
+        from distnn.data import py_dataset  # noqa: PLC0415
+
+        return getattr(py_dataset, name)
     # The gradient checker imports the layer machinery; load it only when asked for.
     if name in ("check_gradients", "check_layer_gradients", "check_loss_gradients", "check_model_gradients"):
         from distnn import gradient_check  # noqa: PLC0415
