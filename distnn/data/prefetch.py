@@ -27,6 +27,7 @@ class Prefetcher:
         if depth < 1:
             raise ValueError(f"depth must be >= 1. Received: depth={depth}")
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._finished = False
         self._stop = threading.Event()
         # The thread holds the queue and the event, not this object, so an abandoned Prefetcher is
         # collected and its __del__ stops the thread.
@@ -38,12 +39,14 @@ class Prefetcher:
         return self
 
     def __next__(self) -> Any:
+        if self._finished:  # asked again after the end: the end again (own-shard steps pad on)
+            raise StopIteration
         ok, item = self._queue.get()
-        if not ok:
+        if not ok or item is _END:
+            self._finished = True
             self.close()
-            raise item
-        if item is _END:
-            self.close()
+            if not ok:
+                raise item
             raise StopIteration
         return item
 
