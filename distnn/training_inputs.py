@@ -39,6 +39,15 @@ def input_dtypes(model: Any, x: Any) -> list:
     return result
 
 
+def _check_first_batch(model: Any, source: adapters.BatchSource) -> None:
+    """Build the model and resolve its outputs from the first yielded batch (which needs targets)."""
+    x, y, sample_weight = source.first
+    if y is None:
+        raise ValueError(f"{source.name}: a training or evaluation batch must be (x, y) or (x, y, sample_weight). "
+                         "Received a batch without targets")
+    model._check_xy(x, y, sample_weight)
+
+
 def batch_converter(model: Any, class_weight: dict | None) -> Any:
     """``(x, y, sample_weight) -> (x, ys, sample_weight)`` for one yielded batch: checked (finite,
     shapes, labels) host arrays, with ``class_weight`` turned into sample weights."""
@@ -142,7 +151,7 @@ def _eval_inputs(model: Any, method: str, x: Any, y: Any, sample_weight: Any, ba
         model._check_x(source.first[0])
         convert = x_converter(model)
     else:
-        model._check_xy(*source.first)
+        _check_first_batch(model, source)
         convert = batch_converter(model, class_weight)
     first_x = convert(*source.first)[0]
     return EvalInputs(source, None, steps_, False, convert, input_dtypes(model, first_x))
@@ -191,7 +200,7 @@ def prepare_fit(model: Any, comm: Any, x: Any, y: Any, sample_weight: Any, batch
             raise ValueError("fit(): validation_split needs array inputs (it cuts off their last rows); with a "
                              f"PyDataset or generator pass validation_data. Received: validation_split={validation_split}")
         train = adapters.BatchSource(x, "x")
-        model._check_xy(*train.first)
+        _check_first_batch(model, train)
     validation = None
     if validation_split and kind == "arrays":
         count = len(train)
@@ -239,7 +248,7 @@ def prepare_fit(model: Any, comm: Any, x: Any, y: Any, sample_weight: Any, batch
 def _validation_inputs(model: Any, validation_data: Any, validation_steps: Any, batch_size: int | None) -> EvalInputs:
     if adapters.kind_of(validation_data) != "arrays":
         source = adapters.BatchSource(validation_data, "validation_data")
-        model._check_xy(*source.first)
+        _check_first_batch(model, source)
         convert = batch_converter(model, None)
         return EvalInputs(source, None, validation_steps, False, convert, input_dtypes(model, convert(*source.first)[0]))
     if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):

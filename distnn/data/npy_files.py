@@ -141,9 +141,9 @@ class NpyArray:
             if not 0 <= row < len(self):
                 raise IndexError(f"index {int(index)} is out of bounds for NpyArray of {len(self)} rows")
             result = self._read(np.array([row]))[0]
-        else:
-            result = self._read(self._row_indices(index))
-        return result[rest] if rest else result
+            return result[rest] if rest else result
+        result = self._read(self._row_indices(index))
+        return result[(slice(None), *rest)] if rest else result
 
     def __getstate__(self) -> dict:  # a worker process reopens the files itself
         return {key: value for key, value in self.__dict__.items() if key not in ("_fds", "_lock")}

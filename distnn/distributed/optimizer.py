@@ -145,15 +145,22 @@ def reduce_and_apply(model: Any, comm: Any) -> None:
     """The data-parallel step after backward: accumulate this rank's share (``backward_passes_per_step``
     / ``gradient_accumulation_steps``), and when an update is due sum the shares over the ranks
     (exactly the global batch's mean gradient), add regularisation and update."""
-    horovod = getattr(model, "_horovod", None)
-    if not model.optimizer.accumulate(model.grads):
+    horovod, optimizer = getattr(model, "_horovod", None), model.optimizer
+    if not optimizer.accumulate(model.grads):
         return
     reducer = horovod.gradient_communicator(comm) if horovod is not None else comm
     reducer.allreduce(model.grads, op="sum")
+    # Under Horovod each rank's and each micro-batch's loss carries the regularisation: summing
+    # gradients (op=Sum, average_aggregated_gradients=False) sums it as often.
+    repeats = 1
     if horovod is not None and horovod.op == Sum and comm.size > 1:
         model.grads *= comm.size
-    model._add_regularization_gradients()
-    model.optimizer.apply_update(model.params, model.grads)
+        repeats *= comm.size
+    if (optimizer.gradient_accumulation_steps or 1) > 1 and not optimizer.average_accumulated_gradients:
+        repeats *= optimizer.gradient_accumulation_steps
+    for _ in range(repeats):
+        model._add_regularization_gradients()
+    optimizer.apply_update(model.params, model.grads)
 
 
 # --------------------------------------------------------------------------------------- join
