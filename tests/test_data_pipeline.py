@@ -312,3 +312,12 @@ def test_fit_reads_files_on_the_loader_thread_ahead_of_the_steps(tmp_path):
     model.fit(Recording(tmp_path / "x.npy"), Y, batch_size=10, epochs=1, shuffle=False, verbose=0)
     np.testing.assert_allclose(model.params, reference(1, 10).params, atol=1e-7)
     assert readers.count("distnn-prefetch") == 20  # every training batch; the rest: checks and build
+
+
+def test_progress_lines_count_the_steps_of_a_generator_without_steps_per_epoch(capsys):
+    model = mlp()
+    model.fit(((X[s:s + 50], Y[s:s + 50]) for s in range(0, 200, 50)), epochs=1, verbose=2)
+    model.evaluate(iter([(X, Y)]), verbose=1)
+    model.predict(iter([X[:10], X[10:20]]), verbose=1)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("4/4 - ") and lines[2].startswith("1/1 - ") and lines[3].startswith("2/2 - "), lines

@@ -24,10 +24,11 @@ def data_fingerprint(array: Any) -> dict | None:
     """Shape, dtype and a hash of ``_SAMPLED_ROWS`` evenly spaced rows of ``array`` (``None`` for none)."""
     if array is None:
         return None
-    array = np.asarray(array)
+    if not (hasattr(array, "shape") and hasattr(array, "dtype")):  # a file-backed array reads just these rows
+        array = np.asarray(array)
     count = len(array) if array.ndim else 0
     rows = np.unique(np.linspace(0, count - 1, min(count, _SAMPLED_ROWS)).astype(np.int64))
-    sample = np.ascontiguousarray(array[rows] if array.ndim else array)
+    sample = np.ascontiguousarray(array[rows] if array.ndim else np.asarray(array))
     return {"shape": list(array.shape), "dtype": array.dtype.str,
             "rows_sha256": hashlib.sha256(sample.tobytes()).hexdigest()}
 
