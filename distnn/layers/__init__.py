@@ -5,6 +5,7 @@ from distnn.layers.conv import Conv1D, Conv2D, Convolution1D, Convolution2D
 from distnn.layers.merging import (Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract, add, average,
                                    concatenate, maximum, minimum, multiply, subtract)
 from distnn.layers.normalization import BatchNormalization, Normalization
+from distnn.layers.layer_normalization import GroupNormalization, LayerNormalization, UnitNormalization
 from distnn.layers.pooling import (
     AveragePooling1D, AveragePooling2D, AvgPool1D, AvgPool2D, GlobalAveragePooling1D, GlobalAveragePooling2D,
     GlobalAvgPool1D, GlobalAvgPool2D, GlobalMaxPool1D, GlobalMaxPool2D, GlobalMaxPooling1D, GlobalMaxPooling2D,
@@ -13,6 +14,7 @@ from distnn.layers.pooling import (
 __all__ = ["Layer", "Variable", "register_serializable", "Input", "InputLayer", "Dense", "Activation",
            "Dropout", "Flatten", "Reshape",
            "Conv1D", "Conv2D", "Convolution1D", "Convolution2D", "BatchNormalization", "Normalization",
+           "LayerNormalization", "GroupNormalization", "UnitNormalization",
            "AveragePooling1D", "AveragePooling2D", "AvgPool1D", "AvgPool2D", "GlobalAveragePooling1D",
            "GlobalAveragePooling2D", "GlobalAvgPool1D", "GlobalAvgPool2D", "GlobalMaxPool1D", "GlobalMaxPool2D",
            "GlobalMaxPooling1D", "GlobalMaxPooling2D", "MaxPool1D", "MaxPool2D", "MaxPooling1D", "MaxPooling2D",
