@@ -1,6 +1,8 @@
 """Layers with Keras names: ``from distnn.layers import Dense, Conv2D``."""
 from distnn.layers.base import Layer, Variable, register_serializable
 from distnn.layers.core import Activation, Dense, Dropout, Flatten, Input, InputLayer, Reshape
+from distnn.layers.attention import AdditiveAttention, Attention
+from distnn.layers.multi_head_attention import MultiHeadAttention
 from distnn.layers.conv import Conv1D, Conv2D, Convolution1D, Convolution2D
 from distnn.layers.merging import (Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract, add, average,
                                    concatenate, maximum, minimum, multiply, subtract)
@@ -14,7 +16,8 @@ from distnn.layers.pooling import (
 __all__ = ["Layer", "Variable", "register_serializable", "Input", "InputLayer", "Dense", "Activation",
            "Dropout", "Flatten", "Reshape",
            "Conv1D", "Conv2D", "Convolution1D", "Convolution2D", "BatchNormalization", "Normalization",
-           "LayerNormalization", "GroupNormalization", "UnitNormalization",
+           "LayerNormalization", "GroupNormalization", "UnitNormalization", "Attention", "AdditiveAttention",
+           "MultiHeadAttention",
            "AveragePooling1D", "AveragePooling2D", "AvgPool1D", "AvgPool2D", "GlobalAveragePooling1D",
            "GlobalAveragePooling2D", "GlobalAvgPool1D", "GlobalAvgPool2D", "GlobalMaxPool1D", "GlobalMaxPool2D",
            "GlobalMaxPooling1D", "GlobalMaxPooling2D", "MaxPool1D", "MaxPool2D", "MaxPooling1D", "MaxPooling2D",
