@@ -4,14 +4,14 @@
 was started by an MPI launcher, and cupy only when a GPU is selected.
 """
 from distnn import (activations, backend, callbacks, initializers, layers, losses, metrics, ops, optimizers,
-                    regularizers, utils)
+                    random, regularizers, utils)
 from distnn.layers import Input, Layer
 from distnn.models import Model, Sequential, load_model
 
 __version__ = "0.1.0"
 
 __all__ = ["activations", "backend", "callbacks", "initializers", "layers", "losses", "metrics", "ops", "optimizers",
-           "regularizers", "utils", "Input", "Layer", "Model", "Sequential", "load_model", "__version__"]
+           "random", "regularizers", "utils", "Input", "Layer", "Model", "Sequential", "load_model", "__version__"]
 
 # Under an MPI launcher, an exception raised before training starts must still end every rank.
 from distnn.distributed.world import install_early_abort_hook  # noqa: E402

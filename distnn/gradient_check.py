@@ -58,18 +58,21 @@ def _numeric_gradient(f: Callable[[], float], array: Any, entries: np.ndarray, e
 
 
 def _noise_replayer(layers: list) -> Callable[[], None]:
-    """A function that rewinds every random generator the layers draw from (their own ``_rng`` and
-    distnn's global one), so each forward pass of a check reuses the same dropout mask: the checked
-    function is then deterministic, as finite differences require."""
+    """A function that rewinds every random source the layers draw from (their ``SeedGenerator``s,
+    ``distnn.random``'s global one and distnn's global numpy generator), so each forward pass of a
+    check reuses the same dropout mask: the checked function is then deterministic, as finite
+    differences require."""
+    from distnn import random  # noqa: PLC0415
     from distnn.utils import global_rng  # noqa: PLC0415
 
-    generators = [global_rng()] + [layer._rng for layer in layers
-                                   if isinstance(getattr(layer, "_rng", None), np.random.Generator)]
-    states = [g.bit_generator.state for g in generators]
+    generators = list(random.seed_generators(layers).values())
+    states = [g.state for g in generators]  # seeds an unseeded generator now, once for every pass
+    numpy_state = global_rng().bit_generator.state
 
     def replay() -> None:
+        global_rng().bit_generator.state = numpy_state
         for generator, state in zip(generators, states):
-            generator.bit_generator.state = state
+            generator.state = state
 
     return replay
 

@@ -22,6 +22,7 @@ from distnn.layers.base import _fused_vjp
 from distnn.ops import symbolic
 from distnn.ops.core import Tape, Tensor, value_of
 from distnn.ops.numpy import mean as ops_mean, multiply as ops_multiply, reshape as ops_reshape, sum as ops_sum
+from distnn.random import training_step
 from distnn.utils import global_rng
 
 
@@ -474,8 +475,10 @@ class TrainingMixin:
             cb.on_train_batch_begin(step)
             start, stop = data.shard_bounds(len(batch), comm.rank, comm.size)
             local = batch[start:stop]
-            states = self._train_step(data.take(x, local), [data.take(t, local) for t in ys],
-                                      data.take(sample_weight, local), len(batch), comm)
+            # Random layers draw per global sample, from (data seed, epoch, step): N ranks = 1 process.
+            with training_step(self._data_seed, (progress.epoch, step), offset=start, count=stop - start):
+                states = self._train_step(data.take(x, local), [data.take(t, local) for t in ys],
+                                          data.take(sample_weight, local), len(batch), comm)
             progress.totals += states[:-1]
             progress.step += 1
             # A stop request (a preemption signal on any rank) is summed with the metrics, so every
@@ -586,10 +589,12 @@ class TrainingMixin:
         if self._synced_with is not comm:
             self._sync_replicas(comm)
             self._synced_with = comm
+            self._batch_seed = comm.bcast_obj(int(global_rng().integers(2**31)), root=0)  # for random layers
         start, stop = data.shard_bounds(len(ys[0]), comm.rank, comm.size)
         local = slice(start, stop)
-        states = self._train_step(data.take(x, local), [data.take(t, local) for t in ys],
-                                  data.take(sample_weight, local), len(ys[0]), comm)
+        with training_step(self._batch_seed, (self.optimizer.iterations,), offset=start, count=stop - start):
+            states = self._train_step(data.take(x, local), [data.take(t, local) for t in ys],
+                                      data.take(sample_weight, local), len(ys[0]), comm)
         logs = self._logs_from(states[:-1])
         if return_dict:
             return logs

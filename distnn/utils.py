@@ -13,7 +13,8 @@ def set_random_seed(seed: int) -> None:
     """Make a run reproducible with one call: seeds Python, numpy and distnn's own generator.
 
     Under MPI every rank calls this with the same seed; weights still come from rank 0's broadcast,
-    so only the data order and dropout masks depend on it.
+    and so do the data order and the random layers' masks (from rank 0's data seed:
+    docs/architecture.md, "Random layers and exactness").
     """
     global _global_rng
     if not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -24,7 +25,7 @@ def set_random_seed(seed: int) -> None:
 
 
 def global_rng() -> np.random.Generator:
-    """distnn's process-wide generator (initial weights, dropout masks without their own seed)."""
+    """distnn's process-wide generator (initial weights, the run's data seed, unseeded ``SeedGenerator``s)."""
     return _global_rng
 
 

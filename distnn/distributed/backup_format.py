@@ -104,9 +104,17 @@ def _check_run(run: Any, where: str) -> dict:
 
 
 def _check_rng(states: Any, where: str) -> None:
+    """The global numpy generator's state and the layers' ``SeedGenerator`` states (``[seed, counter]``)."""
     if not isinstance(states, dict) or "global" not in states or len(states) > _MAX_ITEMS:
         raise ValueError(f"{where}: rng must be an object of generator states, \"global\" among them")
+    seed_generators = states.get("seed_generators", {})
+    if not isinstance(seed_generators, dict) or len(seed_generators) > _MAX_ITEMS or not all(
+            isinstance(v, list) and len(v) == 2 and all(isinstance(i, int) and 0 <= i < 2**64 for i in v)
+            for v in seed_generators.values()):
+        raise ValueError(f"{where}: rng.seed_generators must map names to [seed, counter] pairs of integers")
     for name, state in states.items():
+        if name == "seed_generators":
+            continue
         kind = state.get("bit_generator") if isinstance(state, dict) else None
         if kind not in _BIT_GENERATORS:
             raise ValueError(f"{where}: rng state {name!r:.80} has no known bit_generator ({kind!r:.80})")

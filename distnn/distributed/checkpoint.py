@@ -28,9 +28,7 @@ import sys
 import uuid
 from typing import Any
 
-import numpy as np
-
-from distnn import saving
+from distnn import random, saving
 from distnn.callbacks import Callback
 from distnn.distributed.backup_format import (RUN_FORMAT, backup_path, list_backups, open_backup, read_run_id,
                                               step_of, write_backup)
@@ -57,20 +55,15 @@ def _first_error(exc: BaseException) -> BaseException:
 
 
 def _rng_states(model: Any) -> dict:
-    states = {"global": global_rng().bit_generator.state}
-    for layer in model.layers:
-        rng = getattr(layer, "_rng", None)
-        if isinstance(rng, np.random.Generator):
-            states[layer.name] = rng.bit_generator.state
-    return states
+    """distnn's global numpy generator and every ``SeedGenerator`` (for draws outside training steps:
+    a training step's draws depend only on the data seed, epoch and step, saved with the progress)."""
+    return {"global": global_rng().bit_generator.state,
+            "seed_generators": random.generator_states(model._flatten_layers())}
 
 
 def _restore_rng_states(model: Any, states: dict) -> None:
     global_rng().bit_generator.state = states["global"]
-    for layer in model.layers:
-        rng = getattr(layer, "_rng", None)
-        if isinstance(rng, np.random.Generator) and layer.name in states:
-            rng.bit_generator.state = states[layer.name]
+    random.restore_generator_states(model._flatten_layers(), states.get("seed_generators", {}))
 
 
 

@@ -6,10 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from distnn import activations, backend
+from distnn import activations, backend, random
 from distnn.ops import symbolic
 from distnn.layers.base import Layer, affine_backward, affine_forward, init_kernel_options, kernel_options_config
-from distnn.utils import global_rng
 
 
 class InputLayer(Layer):
@@ -156,7 +155,7 @@ class Dropout(Layer):
         rate: float in [0, 1), the fraction of inputs to drop.
         noise_shape: shape of the binary mask, broadcast over the input (``None`` entries take the
             input's size), as in Keras.
-        seed: seed of this layer's own generator, for reproducible masks.
+        seed: seed of this layer's ``SeedGenerator``, for reproducible masks (``distnn.random``).
     """
 
     def __init__(self, rate: float, noise_shape: tuple | None = None, seed: int | None = None, **kwargs: Any):
@@ -166,17 +165,14 @@ class Dropout(Layer):
         self.rate = float(rate)
         self.noise_shape = None if noise_shape is None else tuple(noise_shape)
         self.seed = seed
-        self._rng = np.random.default_rng(seed) if seed is not None else None
+        self.seed_generator = random.SeedGenerator(seed, name=f"{self.name}/seed_generator")
 
     def call(self, x, training=False):
         self._mask = None
         if not training or self.rate == 0:
             return x
-        shape = x.shape if self.noise_shape is None else tuple(
-            x.shape[i] if d is None else d for i, d in enumerate(self.noise_shape))
-        rng = self._rng or global_rng()
-        keep = rng.random(shape, dtype=np.float32) >= self.rate
-        self._mask = backend.to_device(keep.astype(x.dtype) * (1.0 / (1.0 - self.rate)))
+        # Per global sample inside a training step, so N ranks drop what one process drops.
+        self._mask = random.dropout_mask(x, self.rate, self.noise_shape, self.seed_generator)
         return x * self._mask
 
     def backward(self, grad):
