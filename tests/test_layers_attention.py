@@ -75,6 +75,8 @@ def test_mha_weight_layout_follows_keras():
     assert no_bias(np.zeros((1, 4, 6), "float32"), np.zeros((1, 4, 6), "float32")).shape == (1, 4, 5)
     assert [w.shape for w in no_bias.weights] == [(6, 2, 3), (6, 2, 3), (6, 2, 3), (2, 3, 5)]
     assert layer.query_dense.kernel is layer.weights[0]
+    projection = layer.output_dense  # Keras' EinsumDense "abcd,cde->abe"
+    assert type(projection).from_config(projection.get_config()).get_config() == projection.get_config()
 
 
 @pytest.mark.parametrize("value_dim, with_key", [(None, False), (5, True)])
@@ -244,6 +246,7 @@ def test_masks_carried_by_the_inputs_are_used():
     (lambda: MultiHeadAttention(2, 4, value_dim=-1), None, "value_dim=-1"),
     (lambda: MultiHeadAttention(2, 4, dropout=1.0), None, "dropout=1.0"),
     (lambda: MultiHeadAttention(2, 4, attention_axes=(1, 2)), None, "attention_axes"),
+    (lambda: MultiHeadAttention(2, 4, attention_axes=-1), None, "attention_axes"),
     (lambda: MultiHeadAttention(2, 4), lambda layer: layer(np.ones((2, 6)), np.ones((2, 6))), "3-D"),
     (lambda: MultiHeadAttention(2, 4), lambda layer: layer(np.ones((2, 3, 6)), np.ones((2, 4, 6)),
                                                           key=np.ones((2, 5, 6))), "same length"),
@@ -264,7 +267,7 @@ def test_bad_arguments_fail_clearly(make, call, match):
 
 
 def test_mha_default_attention_axes_accepted():
-    for axes in (None, 1, (1,), [-3]):
+    for axes in (None, 1, (1,), [-2]):
         layer = MultiHeadAttention(2, 2, attention_axes=axes)
         assert layer(np.ones((1, 3, 4), "float32"), np.ones((1, 3, 4), "float32")).shape == (1, 3, 4)
 

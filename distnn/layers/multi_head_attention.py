@@ -90,6 +90,14 @@ class HeadProjection(Layer):
         dx = xp.matmul(g, self.kernel.value.reshape(rows, outputs).T, out=self._buffer("dx", self._x.shape))
         return dx.reshape(*grad.shape[:-len(self.output_dims)], *self.kernel.shape[:self.contracted_axes])
 
+    def get_config(self):
+        return {**super().get_config(), "output_dims": list(self.output_dims),
+                "contracted_axes": self.contracted_axes, "use_bias": self.use_bias,
+                "kernel_initializer": initializers.serialize(self.kernel_initializer),
+                "bias_initializer": initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
+                "bias_regularizer": regularizers.serialize(self.bias_regularizer)}
+
 
 class MultiHeadAttention(Layer):
     """Multi-head attention, as ``keras.layers.MultiHeadAttention`` for 3-D inputs.
@@ -163,11 +171,12 @@ class MultiHeadAttention(Layer):
             return None
         axes = (attention_axes,) if isinstance(attention_axes, (int, np.integer)) else attention_axes
         if not isinstance(axes, (list, tuple)) or not all(isinstance(a, (int, np.integer)) for a in axes):
-            raise ValueError(f"attention_axes must be an int, list, or tuple. Received: attention_axes={attention_axes!r}")
-        # On the projected (batch, sequence, heads, size) tensor, as Keras counts them.
-        if tuple(a % 4 if -4 <= a < 4 else a for a in axes) != (1,):
+            raise ValueError(f"attention_axes must be an int, list, or tuple. "
+                             f"Received: attention_axes={attention_axes!r}")
+        # Keras counts a negative axis from the end of the 3-D input: -2 is the sequence axis.
+        if tuple(int(a) if a >= 0 else 3 + int(a) for a in axes) != (1,):
             raise ValueError("distnn's MultiHeadAttention attends over the sequence axis of 3-D inputs only: "
-                             f"attention_axes must be None (or 1). Received: attention_axes={attention_axes!r}")
+                             f"attention_axes must be None (or 1, or -2). Received: attention_axes={attention_axes!r}")
         return list(axes)
 
     def build(self, query_shape, value_shape=None, key_shape=None):
