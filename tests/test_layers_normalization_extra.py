@@ -78,6 +78,14 @@ def test_layer_norm_weights_follow_keras():
     layer.build((None, 20, 30, 40))
     assert [w.name.split("/")[-1] for w in layer.weights] == ["gamma", "beta"]  # Keras' order
     assert layer.gamma.shape == layer.beta.shape == (20, 30)
+    reversed_axes = LayerNormalization(axis=[2, 1], dtype="float64")  # Keras: gamma (d2, d1), reshaped
+    x = RNG.normal(size=(3, 4, 5))
+    reversed_axes(x)
+    assert reversed_axes.gamma.shape == (5, 4)
+    gamma, beta = RNG.normal(size=(5, 4)), RNG.normal(size=(5, 4))
+    reversed_axes.set_weights([gamma, beta])
+    expected = reference_layer_norm(x, gamma.reshape(4, 5), beta.reshape(4, 5), (1, 2), 1e-3)
+    np.testing.assert_allclose(reversed_axes(x), expected, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(layer.gamma.numpy(), 1)
     np.testing.assert_array_equal(layer.beta.numpy(), 0)
     rms = LayerNormalization(rms_scaling=True, center=True, scale=False)  # rms_scaling: gamma only

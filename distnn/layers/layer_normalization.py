@@ -166,7 +166,9 @@ class LayerNormalization(_SampleNormalization):
 
     def build(self, input_shape):
         self._feature_axes = _normalize_axes(self.axis, len(input_shape), self)
-        shape = tuple(input_shape[a] for a in self._feature_axes)
+        # In the order given, as Keras: axis=[2, 1] makes gamma (d2, d1), laid over the axes by a reshape.
+        given = self.axis if isinstance(self.axis, list) else [self.axis]
+        shape = tuple(input_shape[a % len(input_shape)] for a in given)
         if None in shape:
             raise ValueError(f"{self.name}: the normalized axes {self._feature_axes} must have known sizes. "
                              f"Received: input_shape={tuple(input_shape)}")
