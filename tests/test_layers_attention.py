@@ -343,3 +343,18 @@ def test_attention_dropout_and_config():
     q_in, v_in = keras.Input(shape=(6, 3)), keras.Input(shape=(8, 3))
     out, scores = AdditiveAttention()([q_in, v_in], return_attention_scores=True)
     assert out.shape == (None, 6, 3) and scores.shape == (None, 6, 8)
+
+
+def test_attention_layers_save_and_load_in_a_model(tmp_path):
+    q_in, v_in = keras.Input(shape=(6, 4)), keras.Input(shape=(8, 4))
+    dot = Attention(use_scale=True, score_mode="concat")([q_in, v_in], use_causal_mask=True)
+    additive = AdditiveAttention(dropout=0.1, seed=1)([q_in, v_in, layers.Dense(4)(v_in)])
+    model = keras.Model([q_in, v_in], layers.Dense(2)(layers.concatenate([dot, additive])))
+    model.compile("adam", "mse")
+    x = [RNG.normal(size=(10, 6, 4)).astype("float32"), RNG.normal(size=(10, 8, 4)).astype("float32")]
+    model.fit(x, RNG.normal(size=(10, 6, 2)).astype("float32"), epochs=2, batch_size=5, verbose=0)
+    model.save(tmp_path / "attention.keras")
+    loaded = load_model(tmp_path / "attention.keras")
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    names = [w.name for w in model.weights if "attention" in w.name]
+    assert len(names) == 3 and [w.name for w in loaded.weights if "attention" in w.name] == names
