@@ -240,6 +240,14 @@ def test_masks_carried_by_the_inputs_are_used():
     assert np.all(got_dot[0, 1] == 0)  # a masked query position outputs zeros
     np.testing.assert_array_equal(probe.seen, query[..., 0] != 0)  # the output carries the query's mask
 
+    key = RNG.normal(size=(2, 5, 6))
+    key[0, 2, 0] = 0.0
+    k_in = keras.Input(shape=(5, 6))
+    keyed = keras.Model([q_in, v_in, k_in], layer(q_in, v_in, key=ZeroMasking()(k_in)))
+    np.testing.assert_allclose(keyed.predict([query, value, key], verbose=0),
+                               layer(query, value, key=key, key_mask=key[..., 0] != 0), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(layer(query, value, key=key), layer(query, value, key=key, key_mask=key[..., 0] != 0))
+
 
 @pytest.mark.parametrize("make, call, match", [
     (lambda: MultiHeadAttention(0, 4), None, "num_heads=0"),

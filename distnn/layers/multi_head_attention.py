@@ -200,7 +200,10 @@ class MultiHeadAttention(Layer):
 
     def call(self, query, value, key=None, query_mask=None, value_mask=None, key_mask=None, attention_mask=None,
              return_attention_scores=False, training=False, use_causal_mask=False):
-        key = value if key is None else key
+        if key is None:
+            key = value
+        elif key_mask is None:  # Keras fills <argument>_mask from the mask the argument carries
+            key_mask = self._input_mask(key)
         shapes = [tuple(np.shape(tape_core.value_of(t))) for t in (query, value, key)]
         for what, shape in zip(("query", "value", "key"), shapes):
             if len(shape) != 3:
