@@ -54,9 +54,6 @@ def _standardize_backward(layer: Layer, dxhat: Any, xhat: Any, inv: Any, axes: t
 class _SampleNormalization(Layer):
     """Shared forward and fused backward; subclasses define the view (``_view``) and the weights."""
 
-    gamma: Any = None
-    beta: Any = None
-
     def _init_weight_options(self, epsilon: Any, center: bool, scale: bool, beta_initializer: Any,
                              gamma_initializer: Any, beta_regularizer: Any, gamma_regularizer: Any) -> None:
         self.epsilon = _check_epsilon(epsilon)
