@@ -16,7 +16,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from distnn import backend
+from distnn import backend, random
+from distnn.global_state import global_rng
+from distnn.layers.base import Layer
+from distnn.losses import Loss
 from distnn.ops.core import Tape, Tensor, value_of
 from distnn.ops.numpy import sum as ops_sum
 
@@ -62,9 +65,6 @@ def _noise_replayer(layers: list) -> Callable[[], None]:
     ``distnn.random``'s global one and distnn's global numpy generator), so each forward pass of a
     check reuses the same dropout mask: the checked function is then deterministic, as finite
     differences require."""
-    from distnn import random  # noqa: PLC0415
-    from distnn.utils import global_rng  # noqa: PLC0415
-
     generators = list(random.seed_generators(layers).values())
     states = [g.state for g in generators]  # seeds an unseeded generator now, once for every pass
     numpy_state = global_rng().bit_generator.state
@@ -181,12 +181,9 @@ def check_model_gradients(model: Any, x: Any, y: Any, sample_weight: Any = None,
 
 
 def check_gradients(target: Any, *args: Any, **kwargs: Any) -> GradientCheckResult:
-    """Dispatch to the layer, loss or model check by the type of ``target``."""
-    from distnn.layers.base import Layer  # noqa: PLC0415
-    from distnn.losses import Loss  # noqa: PLC0415
-    from distnn.models import Model  # noqa: PLC0415
-
-    if isinstance(target, Model):
+    """Dispatch to the layer, loss or model check by the type of ``target`` (a model is a layer that
+    trains: told by its ``fit``, so that this module needs no import of the models)."""
+    if isinstance(target, Layer) and callable(getattr(target, "fit", None)):
         return check_model_gradients(target, *args, **kwargs)
     if isinstance(target, Layer):
         return check_layer_gradients(target, *args, **kwargs)

@@ -9,6 +9,7 @@ import numpy as np
 from distnn import activations, backend, random
 from distnn.ops import symbolic
 from distnn.layers.base import Layer, affine_backward, affine_forward, init_kernel_options, kernel_options_config
+from distnn.layers.conv import normalize_data_format
 
 
 class InputLayer(Layer):
@@ -76,23 +77,25 @@ class Dense(Layer):
 
     def __init__(self, units: int, activation: Any = None, use_bias: bool = True,
                  kernel_initializer: Any = "glorot_uniform", bias_initializer: Any = "zeros",
-                 kernel_regularizer: Any = None, bias_regularizer: Any = None, **kwargs: Any):
+                 kernel_regularizer: Any = None, bias_regularizer: Any = None, kernel_constraint: Any = None,
+                 bias_constraint: Any = None, **kwargs: Any):
         super().__init__(**kwargs)
         if not isinstance(units, (int, np.integer)) or isinstance(units, bool) or units <= 0:
             raise ValueError(f"Received an invalid value for `units`, expected a positive integer. "
                              f"Received: units={units}")
         self.units = int(units)
         init_kernel_options(self, activation, use_bias, kernel_initializer, bias_initializer, kernel_regularizer,
-                            bias_regularizer)
+                            bias_regularizer, kernel_constraint, bias_constraint)
 
     def build(self, input_shape):
         if input_shape[-1] is None:
             raise ValueError(f"{self.name}: the last axis of the input must be known. "
                              f"Received: input_shape={input_shape}")
         self.kernel = self.add_weight(shape=(input_shape[-1], self.units), initializer=self.kernel_initializer,
-                                      regularizer=self.kernel_regularizer, name="kernel")
+                                      regularizer=self.kernel_regularizer, constraint=self.kernel_constraint,
+                                      name="kernel")
         self.bias = (self.add_weight(shape=(self.units,), initializer=self.bias_initializer,
-                                     regularizer=self.bias_regularizer, name="bias")
+                                     regularizer=self.bias_regularizer, constraint=self.bias_constraint, name="bias")
                      if self.use_bias else None)
         self.built = True
 
@@ -184,22 +187,35 @@ class Dropout(Layer):
 
 
 class Flatten(Layer):
-    """Flattens every axis but the batch axis: ``(batch, d1, d2, ...)`` -> ``(batch, d1*d2*...)``."""
+    """Flattens every axis but the batch axis: ``(batch, d1, d2, ...)`` -> ``(batch, d1*d2*...)``.
+
+    Args:
+        data_format: ``"channels_last"`` (default) or ``"channels_first"``. With channels first,
+            ``(batch, channels, ...)`` is first moved to ``(batch, ..., channels)``, as Keras does, so
+            that a channels-first model flattens its features in the same order as its channels-last
+            twin (and weights can move between them).
+    """
 
     def __init__(self, data_format: str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
-        self.data_format = data_format
+        self.data_format = normalize_data_format(data_format)
 
     def compute_output_shape(self, input_shape):
         dims = input_shape[1:]
         return (input_shape[0], None if None in dims else math.prod(dims))
 
+    def _moves_channels(self, ndim: int) -> bool:
+        return self.data_format == "channels_first" and ndim > 2
+
     def call(self, x, training=False):
+        if self._moves_channels(x.ndim):
+            x = backend.get_array_module(x).moveaxis(x, 1, -1)
         self._shape = x.shape
         return x.reshape(x.shape[0], -1)
 
     def backward(self, grad):
-        return grad.reshape(self._shape)
+        grad = grad.reshape(self._shape)
+        return backend.get_array_module(grad).moveaxis(grad, -1, 1) if self._moves_channels(grad.ndim) else grad
 
     def get_config(self):
         return {**super().get_config(), "data_format": self.data_format}
