@@ -24,9 +24,10 @@ from typing import Any
 
 from distnn import backend, layers, losses, metrics, optimizers, weight_budget
 from distnn.archive import ArchiveReader, ArrayEntry, ZipStreamWriter, atomic_file, match_entries
+# Keras 3's keras.saving names (distnn.saving.register_keras_serializable, ...): the registry's.
 from distnn.serialization import (CustomObjectScope, custom_object_scope, deserialize_keras_object,  # noqa: F401
-                                  get_custom_objects, get_registered_name, get_registered_object,  # Keras 3's
-                                  register_keras_serializable, register_serializable, serialize_keras_object)  # names
+                                  get_custom_objects, get_registered_name, get_registered_object,
+                                  register_keras_serializable, register_serializable, serialize_keras_object)
 
 FORMAT_VERSION = 1
 MODEL_MEMBERS = {"config.json", "weights.npz"}

@@ -156,7 +156,7 @@ class Functional(Model):
         return functional_config.from_config(cls, config, custom_objects)
 
 
-Model.functional_class = Functional  # what Model(inputs, outputs) builds
+Model._functional_class = Functional  # what Model(inputs, outputs) builds
 
 
 def _dummy_input(tensor: symbolic.KerasTensor) -> Any:

@@ -36,11 +36,11 @@ class Model(TrainingMixin, Layer):
 
     # The class Model(inputs, outputs) makes: set by distnn.models.functional, which subclasses Model
     # (so this module does not import it: docs/architecture.md, "Modules and dependencies").
-    functional_class: type | None = None
+    _functional_class: type | None = None
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "Model":
         if cls is Model and (args or "inputs" in kwargs or "outputs" in kwargs):
-            return Model.functional_class.__new__(Model.functional_class)
+            return Model._functional_class.__new__(Model._functional_class)
         return super().__new__(cls)
 
     def __init__(self, *args: Any, name: str | None = None, trainable: bool = True, dtype: Any = None,

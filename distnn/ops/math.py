@@ -51,8 +51,9 @@ def _ratio(t, numerator: tuple, denominator: tuple):
 def erf_values(x: Any) -> Any:
     """erf of every element of the float array ``x`` (no tape: the forward of ``erf``), in its dtype.
 
-    Each interval's ratio is evaluated on its own elements only: 1.7 times faster than evaluating
-    every ratio on the whole array and selecting with ``where`` (benchmarks/bench_erf.py).
+    Each interval's ratio is evaluated on its own elements only: 1.4 to 1.7 times faster, on a
+    million normal values, than evaluating every ratio on the whole array and selecting with
+    ``where`` (docs/architecture.md, "erf without scipy").
     """
     xp = array_module(x)
     y = xp.abs(x)
