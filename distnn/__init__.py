@@ -11,8 +11,8 @@ from distnn.models import Model, Sequential, load_model
 __version__ = "0.1.0"
 
 __all__ = ["activations", "backend", "callbacks", "constraints", "initializers", "layers", "losses", "metrics", "ops",
-           "optimizers", "random", "regularizers", "saving", "utils", "Input", "Layer", "Model", "Sequential", "load_model",
-           "__version__"]
+           "optimizers", "random", "regularizers", "saving", "utils", "Input", "Layer", "Model", "Sequential",
+           "load_model", "__version__"]
 
 # Under an MPI launcher, an exception raised before training starts must still end every rank.
 from distnn.distributed.world import install_early_abort_hook  # noqa: E402

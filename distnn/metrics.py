@@ -247,7 +247,8 @@ _FUNCTIONS: dict[str, Callable] = {
 }
 _CLASSES: dict[str, type[Metric]] = {"precision": Precision, "recall": Recall}
 VALID_NAMES = sorted([*_FUNCTIONS, *_CLASSES, "accuracy", "acc"])
-_TABLE: dict[str, Any] = {**_FUNCTIONS, **{cls.__name__: cls for cls in (Metric, Mean, MeanMetricWrapper, Precision, Recall)}}
+_TABLE: dict[str, Any] = {**_FUNCTIONS,
+                          **{cls.__name__: cls for cls in (Metric, Mean, MeanMetricWrapper, Precision, Recall)}}
 serialization.register_builtins("distnn.metrics", _TABLE)
 
 

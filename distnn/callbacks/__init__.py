@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from distnn.callbacks.callback import HOOKS, Callback, CallbackList
+from distnn.callbacks.callback import HOOKS, Callback, CallbackList  # noqa: F401 - the public names
 
 
 def __getattr__(name: str) -> Any:

@@ -16,8 +16,8 @@ from distnn.layers.pooling import (
     MaxPool1D, MaxPool2D, MaxPooling1D, MaxPooling2D, ZeroPadding1D, ZeroPadding2D)
 from distnn.serialization import register_serializable
 
-__all__ = ["Layer", "Variable", "register_serializable", "serialize", "deserialize", "Input", "InputLayer", "Dense", "Activation",
-           "Dropout", "Flatten", "Reshape",
+__all__ = ["Layer", "Variable", "register_serializable", "serialize", "deserialize", "Input", "InputLayer", "Dense",
+           "Activation", "Dropout", "Flatten", "Reshape",
            "Conv1D", "Conv2D", "Convolution1D", "Convolution2D", "BatchNormalization", "Normalization",
            "AveragePooling1D", "AveragePooling2D", "AvgPool1D", "AvgPool2D", "GlobalAveragePooling1D",
            "GlobalAveragePooling2D", "GlobalAvgPool1D", "GlobalAvgPool2D", "GlobalMaxPool1D", "GlobalMaxPool2D",
