@@ -129,11 +129,15 @@ class Metric:
             raise NotImplementedError(f"Metric {type(self).__name__} must implement update_state() with state "
                                       "variables from add_variable(), or batch_state()/result_from()")
         before = self._variable_values()
+        initial = self._initial_state_offset()
+        # From the initial values, not the running ones: a float32 difference of large running totals
+        # would lose the batch's low bits (the training loop keeps the totals in float64).
+        self._assign_variables(initial)
         try:
             self.update_state(y_true, y_pred, sample_weight)
-            return self._variable_values() - before
+            return self._variable_values() - initial
         finally:
-            self._assign_variables(before)  # the training loop keeps the totals
+            self._assign_variables(before)
 
     def result_from(self, state: np.ndarray) -> float:
         """A custom metric's value for summed ``state``: the totals go into its variables, then ``result``."""
