@@ -13,6 +13,7 @@ so a crash never leaves a half-written model under the final name.
 """
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import os
@@ -87,9 +88,8 @@ def deserialize_layer(entry: dict, custom_objects: dict | None = None) -> Any:
         raise ValueError(f"Unknown layer class {entry['class_name']!r}: pass it in custom_objects or "
                          "decorate it with @distnn.layers.register_serializable()")
     config = entry.get("config", {})
-    from distnn.models import Model  # noqa: PLC0415
-
-    if issubclass(cls, Model) and "custom_objects" in cls.from_config.__code__.co_varnames:
+    # Models rebuild their layers, and a Lambda looks its function up by name: both need custom_objects.
+    if "custom_objects" in inspect.signature(cls.from_config).parameters:
         return cls.from_config(config, custom_objects=custom_objects)
     return cls.from_config(config)
 

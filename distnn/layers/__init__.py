@@ -1,7 +1,9 @@
 """Layers with Keras names: ``from distnn.layers import Dense, Conv2D``."""
 from distnn.layers.base import Layer, Variable, register_serializable
-from distnn.layers.core import Activation, Dense, Dropout, Flatten, Input, InputLayer, Reshape
+from distnn.layers.core import Activation, Dense, Dropout, Flatten, Identity, Input, InputLayer, Lambda, Reshape
 from distnn.layers.conv import Conv1D, Conv2D, Convolution1D, Convolution2D
+from distnn.layers.merging import (Add, Average, Concatenate, Dot, Maximum, Minimum, Multiply, Subtract, add, average,
+                                   concatenate, dot, maximum, minimum, multiply, subtract)
 from distnn.layers.normalization import BatchNormalization, Normalization
 from distnn.layers.pooling import (
     AveragePooling1D, AveragePooling2D, AvgPool1D, AvgPool2D, GlobalAveragePooling1D, GlobalAveragePooling2D,
@@ -9,9 +11,11 @@ from distnn.layers.pooling import (
     MaxPool1D, MaxPool2D, MaxPooling1D, MaxPooling2D, ZeroPadding1D, ZeroPadding2D)
 
 __all__ = ["Layer", "Variable", "register_serializable", "Input", "InputLayer", "Dense", "Activation",
-           "Dropout", "Flatten", "Reshape",
+           "Dropout", "Flatten", "Reshape", "Identity", "Lambda",
            "Conv1D", "Conv2D", "Convolution1D", "Convolution2D", "BatchNormalization", "Normalization",
            "AveragePooling1D", "AveragePooling2D", "AvgPool1D", "AvgPool2D", "GlobalAveragePooling1D",
            "GlobalAveragePooling2D", "GlobalAvgPool1D", "GlobalAvgPool2D", "GlobalMaxPool1D", "GlobalMaxPool2D",
            "GlobalMaxPooling1D", "GlobalMaxPooling2D", "MaxPool1D", "MaxPool2D", "MaxPooling1D", "MaxPooling2D",
-           "ZeroPadding1D", "ZeroPadding2D"]
+           "ZeroPadding1D", "ZeroPadding2D", "Add", "Average", "Concatenate", "Dot", "Maximum", "Minimum",
+           "Multiply", "Subtract", "add", "average", "concatenate", "dot", "maximum", "minimum", "multiply",
+           "subtract"]
