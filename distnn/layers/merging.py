@@ -103,9 +103,12 @@ class Merge(Layer):
         top = max(ranks)
         # Keras: a lower-rank input gets new axes after the batch axis, so samples broadcast on their
         # trailing axes while the batch axes stay aligned.
-        inputs = [functools.reduce(lambda t, _: ops.expand_dims(t, 1), range(top - rank), x)
-                  for x, rank in zip(inputs, ranks)]
-        return self._merge(inputs)
+        aligned = []
+        for x, rank in zip(inputs, ranks):
+            for _ in range(top - rank):
+                x = ops.expand_dims(x, 1)
+            aligned.append(x)
+        return self._merge(aligned)
 
     def _merge(self, inputs: list) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must implement _merge()")
