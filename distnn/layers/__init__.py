@@ -5,10 +5,10 @@ from typing import Any
 
 from distnn import serialization
 from distnn.layers.base import Layer, Variable
-from distnn.layers.core import Activation, Dense, Dropout, Flatten, Input, InputLayer, Reshape
+from distnn.layers.core import Activation, Dense, Dropout, Flatten, Identity, Input, InputLayer, Lambda, Reshape
 from distnn.layers.conv import Conv1D, Conv2D, Convolution1D, Convolution2D
-from distnn.layers.merging import (Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract, add, average,
-                                   concatenate, maximum, minimum, multiply, subtract)
+from distnn.layers.merging import (Add, Average, Concatenate, Dot, Maximum, Minimum, Multiply, Subtract, add, average,
+                                   concatenate, dot, maximum, minimum, multiply, subtract)
 from distnn.layers.normalization import BatchNormalization, Normalization
 from distnn.layers.pooling import (
     AveragePooling1D, AveragePooling2D, AvgPool1D, AvgPool2D, GlobalAveragePooling1D, GlobalAveragePooling2D,
@@ -17,13 +17,13 @@ from distnn.layers.pooling import (
 from distnn.serialization import register_serializable
 
 __all__ = ["Layer", "Variable", "register_serializable", "serialize", "deserialize", "Input", "InputLayer", "Dense",
-           "Activation", "Dropout", "Flatten", "Reshape",
+           "Activation", "Dropout", "Flatten", "Reshape", "Identity", "Lambda",
            "Conv1D", "Conv2D", "Convolution1D", "Convolution2D", "BatchNormalization", "Normalization",
            "AveragePooling1D", "AveragePooling2D", "AvgPool1D", "AvgPool2D", "GlobalAveragePooling1D",
            "GlobalAveragePooling2D", "GlobalAvgPool1D", "GlobalAvgPool2D", "GlobalMaxPool1D", "GlobalMaxPool2D",
            "GlobalMaxPooling1D", "GlobalMaxPooling2D", "MaxPool1D", "MaxPool2D", "MaxPooling1D", "MaxPooling2D",
-           "ZeroPadding1D", "ZeroPadding2D", "Add", "Average", "Concatenate", "Maximum", "Minimum", "Multiply",
-           "Subtract", "add", "average", "concatenate", "maximum", "minimum", "multiply", "subtract"]
+           "ZeroPadding1D", "ZeroPadding2D", "Add", "Average", "Concatenate", "Dot", "Maximum", "Minimum", "Multiply",
+           "Subtract", "add", "average", "concatenate", "dot", "maximum", "minimum", "multiply", "subtract"]
 
 serialization.register_builtins("distnn.layers", {name: obj for name, obj in globals().items()
                                                   if isinstance(obj, type) and issubclass(obj, Layer)})

@@ -187,7 +187,9 @@ class _CallContext:
     def __init__(self) -> None:
         self.depth = 0
         self.training: bool | None = None
-        self.masks: dict[int, Any] = {}
+        # id(value) -> (value, mask): holding the value keeps its id from being reused by a later
+        # array while the outermost call runs, which would hand that array a stale mask.
+        self.masks: dict[int, tuple[Any, Any]] = {}
         self.call_log: list | None = None  # layers in first-call order while a model builds
 
 
@@ -547,8 +549,11 @@ class Layer:
                 self._build_once(shapes)
             else:
                 self._check_built_shape(shapes)
+            # Found whether or not ``call`` takes it: a layer that only passes masks through
+            # (``supports_masking`` or its own ``compute_mask``) still needs its input's mask.
+            input_mask = kwargs["mask"] if "mask" in kwargs else self._input_mask(inputs)
             if "mask" not in kwargs and _accepts(self.call, "mask"):
-                kwargs["mask"] = self._input_mask(inputs)
+                kwargs["mask"] = input_mask
             if _accepts(self.call, "training"):
                 kwargs["training"] = training
             self._losses = []
@@ -560,7 +565,7 @@ class Layer:
                 outputs = self.call(inputs, *args[1:], **kwargs)
             if self.activity_regularizer is not None:
                 self.add_loss(self.activity_regularizer(outputs) / max(1, np.shape(tape_core.value_of(outputs))[0]))
-            self._record_mask(inputs, outputs, kwargs.get("mask"))
+            self._record_mask(inputs, outputs, input_mask)
         return outputs
 
     def _fused_call(self, tape: Any, inputs: Any, kwargs: dict) -> Any:
@@ -575,7 +580,9 @@ class Layer:
         return tape_core.record(tape, outputs, (raw,), {"layer": self, "state": state}, _fused_vjp, parents)
 
     def _input_mask(self, inputs: Any) -> Any:
-        masks = [_context.masks.get(id(t)) for t in symbolic.flatten(inputs)]
+        if not _context.masks:  # the common case costs one test
+            return None
+        masks = [_context.masks.get(id(t), (None, None))[1] for t in symbolic.flatten(inputs)]
         if all(m is None for m in masks):
             return None
         return masks[0] if len(masks) == 1 else masks
@@ -586,7 +593,7 @@ class Layer:
         out_mask = self.compute_mask(inputs, mask)
         if out_mask is not None:
             for out in symbolic.flatten(outputs):
-                _context.masks[id(out)] = out_mask
+                _context.masks[id(out)] = (out, out_mask)
 
     def _symbolic_call(self, args: tuple, kwargs: dict) -> Any:
         inputs = args[0]
