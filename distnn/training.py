@@ -3,7 +3,7 @@
 With more than one rank, every step takes the next *global* batch of the epoch's order and each
 rank backpropagates its shard's per-sample losses divided by the *global* number of samples in the
 step; one in-place allreduce of the flat gradient then sums the shards into exactly the
-single-process gradient (DESIGN.md). Metric states are sums too and are reduced the same way (with
+single-process gradient (docs/architecture.md). Metric states are sums too and are reduced the same way (with
 a stop flag riding along), so logs, History and callbacks see global values on every rank.
 """
 from __future__ import annotations
@@ -22,8 +22,8 @@ from distnn.layers.base import _fused_vjp
 from distnn.ops import symbolic
 from distnn.ops.core import Tape, Tensor, value_of
 from distnn.ops.numpy import mean as ops_mean, multiply as ops_multiply, reshape as ops_reshape, sum as ops_sum
+from distnn.global_state import global_rng
 from distnn.random import training_step
-from distnn.utils import global_rng
 
 
 @dataclasses.dataclass
@@ -44,7 +44,7 @@ class TrainingProgress:
 
 
 def _communicator() -> Any:
-    from distnn.distributed import get_communicator  # noqa: PLC0415 - keeps MPI out of plain imports
+    from distnn.distributed.world import get_communicator  # noqa: PLC0415 - keeps MPI out of plain imports
 
     return get_communicator()
 
@@ -297,6 +297,8 @@ class TrainingMixin:
         comm.allreduce(self.grads, op="sum")
         self._add_regularization_gradients()
         self.optimizer.apply(self.params, self.grads)
+        for v in self._constrained:  # as Keras: each variable's constraint after every update
+            v.value[...] = v.constraint(v.value)
         return comm.allreduce(states, op="sum") if comm.size > 1 else states
 
     def compute_gradients(self, x: Any, y: Any, sample_weight: Any = None) -> tuple[float, np.ndarray]:

@@ -1,7 +1,7 @@
 """Data-parallel training (distnn.training under MPI): N ranks reproduce one process.
 
 Every check starts real ``mpiexec -n N`` jobs of the scripts in tests/mpi_scripts/ and compares
-what rank 0 saved with a plain single-process run of the same script (DESIGN.md, "Data-parallel
+what rank 0 saved with a plain single-process run of the same script (docs/architecture.md, "Data-parallel
 semantics"). One launch checks several things at once to keep the file fast.
 """
 import re

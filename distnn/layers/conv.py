@@ -174,7 +174,8 @@ class Conv(SpatialLayer):
     def __init__(self, filters: int, kernel_size: Any, strides: Any = 1, padding: str = "valid",
                  data_format: str | None = None, dilation_rate: Any = 1, activation: Any = None,
                  use_bias: bool = True, kernel_initializer: Any = "glorot_uniform", bias_initializer: Any = "zeros",
-                 kernel_regularizer: Any = None, bias_regularizer: Any = None, **kwargs: Any):
+                 kernel_regularizer: Any = None, bias_regularizer: Any = None, kernel_constraint: Any = None,
+                 bias_constraint: Any = None, **kwargs: Any):
         super().__init__(data_format=data_format, **kwargs)
         if not isinstance(filters, (int, np.integer)) or isinstance(filters, bool) or filters <= 0:
             raise ValueError(f"Invalid value for argument `filters`. Expected a strictly positive value. "
@@ -188,7 +189,7 @@ class Conv(SpatialLayer):
             raise ValueError(f"strides > 1 not supported in conjunction with dilation_rate > 1. "
                              f"Received: strides={self.strides} and dilation_rate={self.dilation_rate}")
         init_kernel_options(self, activation, use_bias, kernel_initializer, bias_initializer, kernel_regularizer,
-                            bias_regularizer)
+                            bias_regularizer, kernel_constraint, bias_constraint)
 
     def build(self, input_shape):
         self._check_rank(input_shape)
@@ -198,9 +199,9 @@ class Conv(SpatialLayer):
                              f"Received: input_shape={input_shape}")
         self.kernel = self.add_weight(shape=(*self.kernel_size, channels, self.filters),
                                       initializer=self.kernel_initializer, regularizer=self.kernel_regularizer,
-                                      name="kernel")
+                                      constraint=self.kernel_constraint, name="kernel")
         self.bias = (self.add_weight(shape=(self.filters,), initializer=self.bias_initializer,
-                                     regularizer=self.bias_regularizer, name="bias")
+                                     regularizer=self.bias_regularizer, constraint=self.bias_constraint, name="bias")
                      if self.use_bias else None)
         self.built = True
 

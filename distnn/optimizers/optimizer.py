@@ -3,7 +3,7 @@
 The model hands the optimizer one 1-D parameter array, the gradient array of the same layout and
 the (offset, size) segment of each variable. Every update is a handful of whole-array operations;
 the optimizer's state (momenta, moments, accumulators) is flat too, so it is saved, restored and
-broadcast as a few arrays (DESIGN.md).
+broadcast as a few arrays (docs/architecture.md).
 """
 from __future__ import annotations
 
