@@ -366,3 +366,22 @@ def test_attention_layers_save_and_load_in_a_model(tmp_path):
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
     names = [w.name for w in model.weights if "attention" in w.name]
     assert len(names) == 3 and [w.name for w in loaded.weights if "attention" in w.name] == names
+
+
+def test_mha_takes_its_inputs_as_a_list_too_and_applies_constraints():
+    query, value, key = (RNG.normal(size=(2, n, 4)).astype("float32") for n in (3, 5, 5))
+    layer = MultiHeadAttention(2, 3)
+    np.testing.assert_array_equal(layer([query, value, key]), layer(query, value, key=key))
+    np.testing.assert_array_equal(layer([query, value]), layer(query, value))
+    with pytest.raises(ValueError, match="needs a value"):
+        layer(query)
+    with pytest.raises(ValueError, match="one list"):
+        layer([query, value], value)
+
+    constrained = MultiHeadAttention(2, 3, kernel_constraint="non_neg", bias_constraint="non_neg")
+    inputs = keras.Input(shape=(3, 4))
+    model = keras.Model(inputs, constrained(inputs, inputs))
+    model.compile("sgd", "mse")
+    model.fit(query, RNG.normal(size=(2, 3, 4)).astype("float32") * 10, epochs=3, batch_size=2, verbose=0)
+    assert all(np.all(w >= 0) for w in constrained.get_weights())
+    assert constrained.get_config()["kernel_constraint"]["class_name"] == "NonNeg"

@@ -191,7 +191,7 @@ def test_gradients_through_a_model(float64):
 # ------------------------------------------------------------------------- config and shapes
 @pytest.mark.parametrize("make", [
     lambda: LayerNormalization(axis=[1, 2], epsilon=1e-5, center=False, gamma_regularizer="l2"),
-    lambda: LayerNormalization(rms_scaling=True, gamma_initializer="random_normal"),
+    lambda: LayerNormalization(rms_scaling=True, gamma_initializer="random_normal", gamma_constraint="non_neg"),
     lambda: GroupNormalization(groups=2, axis=1, epsilon=0.01, scale=False, beta_initializer="ones"),
     lambda: UnitNormalization(axis=[1, 2])])
 def test_config_round_trip_and_symbolic_shapes(make):
@@ -222,6 +222,21 @@ def test_model_with_the_layers_saves_and_loads(tmp_path):
     np.testing.assert_array_equal(loaded.predict(data, verbose=0), model.predict(data, verbose=0))
     assert [type(layer).__name__ for layer in loaded.layers[1:4]] == \
         ["LayerNormalization", "GroupNormalization", "UnitNormalization"]
+
+
+def test_constraints_hold_after_training():
+    # Started outside the constraints (gamma -1, |beta| 10): only the projections bring them back.
+    norm = LayerNormalization(gamma_initializer=keras.initializers.Constant(-1.0), gamma_constraint="non_neg",
+                              beta_initializer=keras.initializers.Constant(5.0), beta_constraint="max_norm")
+    group = GroupNormalization(groups=2, gamma_initializer=keras.initializers.Constant(-1.0),
+                               gamma_constraint="non_neg")
+    model = keras.Sequential([keras.Input(shape=(3, 4)), norm, group, layers.Dense(1)])
+    model.compile("sgd", "mse")
+    x = RNG.normal(size=(8, 3, 4)).astype("float32")
+    model.fit(x, -10 * np.abs(RNG.normal(size=(8, 3, 1))).astype("float32"), epochs=5, batch_size=4, verbose=0)
+    assert np.all(norm.gamma.numpy() >= 0) and np.all(group.gamma.numpy() >= 0)
+    assert np.linalg.norm(norm.beta.numpy()) <= 2.0 + 1e-6  # max_norm's default limit
+    assert norm.get_config()["gamma_constraint"]["class_name"] == "NonNeg"
 
 
 def test_training_moves_the_weights_and_masks_pass_through():

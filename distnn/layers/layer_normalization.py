@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from distnn import backend, initializers, regularizers
+from distnn import backend, constraints, initializers, regularizers
 from distnn.layers.base import Layer
 from distnn.layers.normalization import _normalize_axes
 
@@ -55,20 +55,25 @@ class _SampleNormalization(Layer):
     """Shared forward and fused backward; subclasses define the view (``_view``) and the weights."""
 
     def _init_weight_options(self, epsilon: Any, center: bool, scale: bool, beta_initializer: Any,
-                             gamma_initializer: Any, beta_regularizer: Any, gamma_regularizer: Any) -> None:
+                             gamma_initializer: Any, beta_regularizer: Any, gamma_regularizer: Any,
+                             beta_constraint: Any, gamma_constraint: Any) -> None:
         self.epsilon = _check_epsilon(epsilon)
         self.center, self.scale = bool(center), bool(scale)
         self.beta_initializer = initializers.get(beta_initializer)
         self.gamma_initializer = initializers.get(gamma_initializer)
         self.beta_regularizer = regularizers.get(beta_regularizer)
         self.gamma_regularizer = regularizers.get(gamma_regularizer)
+        self.beta_constraint = constraints.get(beta_constraint)
+        self.gamma_constraint = constraints.get(gamma_constraint)
 
     def _add_weights(self, shape: tuple, gamma: bool, beta: bool) -> None:
         # Keras' creation order: get_weights() lists [gamma, beta].
         self.gamma = self.add_weight(shape=shape, initializer=self.gamma_initializer,
-                                     regularizer=self.gamma_regularizer, name="gamma") if gamma else None
+                                     regularizer=self.gamma_regularizer, constraint=self.gamma_constraint,
+                                     name="gamma") if gamma else None
         self.beta = self.add_weight(shape=shape, initializer=self.beta_initializer,
-                                    regularizer=self.beta_regularizer, name="beta") if beta else None
+                                    regularizer=self.beta_regularizer, constraint=self.beta_constraint,
+                                    name="beta") if beta else None
 
     def _view(self, shape: tuple) -> tuple[tuple, tuple[int, ...], tuple]:
         """For an input of ``shape``: the shape to view it with, the axes of that view to normalize
@@ -118,7 +123,9 @@ class _SampleNormalization(Layer):
                 "beta_initializer": initializers.serialize(self.beta_initializer),
                 "gamma_initializer": initializers.serialize(self.gamma_initializer),
                 "beta_regularizer": regularizers.serialize(self.beta_regularizer),
-                "gamma_regularizer": regularizers.serialize(self.gamma_regularizer)}
+                "gamma_regularizer": regularizers.serialize(self.gamma_regularizer),
+                "beta_constraint": constraints.serialize(self.beta_constraint),
+                "gamma_constraint": constraints.serialize(self.gamma_constraint)}
 
 
 class LayerNormalization(_SampleNormalization):
@@ -137,6 +144,7 @@ class LayerNormalization(_SampleNormalization):
             standard deviation, exactly as Keras 3 computes it.
         beta_initializer, gamma_initializer: initializers of the two weights.
         beta_regularizer, gamma_regularizer: their regularizers.
+        beta_constraint, gamma_constraint: their constraints (applied after each optimizer step).
 
     Input shape:
         Arbitrary, with known sizes on ``axis``.
@@ -147,7 +155,8 @@ class LayerNormalization(_SampleNormalization):
 
     def __init__(self, axis: Any = -1, epsilon: float = 1e-3, center: bool = True, scale: bool = True,
                  rms_scaling: bool = False, beta_initializer: Any = "zeros", gamma_initializer: Any = "ones",
-                 beta_regularizer: Any = None, gamma_regularizer: Any = None, **kwargs: Any):
+                 beta_regularizer: Any = None, gamma_regularizer: Any = None, beta_constraint: Any = None,
+                 gamma_constraint: Any = None, **kwargs: Any):
         super().__init__(**kwargs)
         if isinstance(axis, (list, tuple)):
             self.axis: Any = [int(a) if isinstance(a, (int, np.integer)) and not isinstance(a, bool) else a
@@ -158,7 +167,7 @@ class LayerNormalization(_SampleNormalization):
             raise TypeError(f"Expected an int or a list/tuple of ints for the argument 'axis'. Received: axis={axis!r}")
         self.rms_scaling = bool(rms_scaling)
         self._init_weight_options(epsilon, center, scale, beta_initializer, gamma_initializer, beta_regularizer,
-                                  gamma_regularizer)
+                                  gamma_regularizer, beta_constraint, gamma_constraint)
         self.supports_masking = True
 
     def build(self, input_shape):
@@ -213,7 +222,7 @@ class GroupNormalization(_SampleNormalization):
         groups: number of groups, dividing the number of channels (default 32); -1 for one per channel.
         axis: the channel axis, default -1.
         epsilon, center, scale, beta_initializer, gamma_initializer, beta_regularizer,
-        gamma_regularizer: as ``LayerNormalization``.
+        gamma_regularizer, beta_constraint, gamma_constraint: as ``LayerNormalization``.
 
     Input shape:
         Arbitrary (at least 2-D), with a known number of channels.
@@ -224,7 +233,8 @@ class GroupNormalization(_SampleNormalization):
 
     def __init__(self, groups: int = 32, axis: int = -1, epsilon: float = 1e-3, center: bool = True,
                  scale: bool = True, beta_initializer: Any = "zeros", gamma_initializer: Any = "ones",
-                 beta_regularizer: Any = None, gamma_regularizer: Any = None, **kwargs: Any):
+                 beta_regularizer: Any = None, gamma_regularizer: Any = None, beta_constraint: Any = None,
+                 gamma_constraint: Any = None, **kwargs: Any):
         super().__init__(**kwargs)
         if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or not (groups > 0 or groups == -1):
             raise ValueError(f"groups must be a positive integer or -1. Received: groups={groups!r}")
@@ -232,7 +242,7 @@ class GroupNormalization(_SampleNormalization):
             raise TypeError(f"axis must be an integer. Received: axis={axis!r}")
         self.groups, self.axis = int(groups), int(axis)
         self._init_weight_options(epsilon, center, scale, beta_initializer, gamma_initializer, beta_regularizer,
-                                  gamma_regularizer)
+                                  gamma_regularizer, beta_constraint, gamma_constraint)
 
     def build(self, input_shape):
         (self._channel_axis,) = _normalize_axes(self.axis, len(input_shape), self)

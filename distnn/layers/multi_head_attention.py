@@ -16,12 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from distnn import backend, initializers, regularizers
+from distnn import backend, constraints, initializers, regularizers
 from distnn.layers.attention import boolean_mask, causal_mask, large_negative
 from distnn.layers.base import Layer
 from distnn.layers.core import Dropout
 from distnn.ops import core as tape_core
 from distnn.ops import nn as nn_ops
+from distnn.ops import symbolic
 from distnn.ops import numpy as ops
 
 
@@ -40,7 +41,8 @@ class HeadProjection(Layer):
 
     def __init__(self, output_dims: tuple, contracted_axes: int, use_bias: bool = True,
                  kernel_initializer: Any = "glorot_uniform", bias_initializer: Any = "zeros",
-                 kernel_regularizer: Any = None, bias_regularizer: Any = None, **kwargs: Any):
+                 kernel_regularizer: Any = None, bias_regularizer: Any = None, kernel_constraint: Any = None,
+                 bias_constraint: Any = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.output_dims = tuple(int(d) for d in output_dims)
         self.contracted_axes = int(contracted_axes)
@@ -49,6 +51,8 @@ class HeadProjection(Layer):
         self.bias_initializer = initializers.get(bias_initializer)
         self.kernel_regularizer = regularizers.get(kernel_regularizer)
         self.bias_regularizer = regularizers.get(bias_regularizer)
+        self.kernel_constraint = constraints.get(kernel_constraint)
+        self.bias_constraint = constraints.get(bias_constraint)
 
     def build(self, input_shape):
         contracted = tuple(input_shape)[-self.contracted_axes:]
@@ -56,9 +60,11 @@ class HeadProjection(Layer):
             raise ValueError(f"{self.name}: the last {self.contracted_axes} axes of the input must be known. "
                              f"Received: input_shape={tuple(input_shape)}")
         self.kernel = self.add_weight(shape=(*contracted, *self.output_dims), initializer=self.kernel_initializer,
-                                      regularizer=self.kernel_regularizer, name="kernel")
+                                      regularizer=self.kernel_regularizer, constraint=self.kernel_constraint,
+                                      name="kernel")
         self.bias = self.add_weight(shape=self.output_dims, initializer=self.bias_initializer,
-                                    regularizer=self.bias_regularizer, name="bias") if self.use_bias else None
+                                    regularizer=self.bias_regularizer, constraint=self.bias_constraint,
+                                    name="bias") if self.use_bias else None
         self._sizes = (math.prod(contracted), math.prod(self.output_dims))
         self.built = True
 
@@ -96,7 +102,9 @@ class HeadProjection(Layer):
                 "kernel_initializer": initializers.serialize(self.kernel_initializer),
                 "bias_initializer": initializers.serialize(self.bias_initializer),
                 "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
-                "bias_regularizer": regularizers.serialize(self.bias_regularizer)}
+                "bias_regularizer": regularizers.serialize(self.bias_regularizer),
+                "kernel_constraint": constraints.serialize(self.kernel_constraint),
+                "bias_constraint": constraints.serialize(self.bias_constraint)}
 
 
 class MultiHeadAttention(Layer):
@@ -116,11 +124,13 @@ class MultiHeadAttention(Layer):
         output_shape: size (int or tuple) of the output's trailing axes; default the query's features.
         attention_axes: only the default (attention over the sequence axis: ``None``, ``1`` or
             ``-2``) is supported.
-        kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer: of the projections.
+        kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer, kernel_constraint,
+        bias_constraint: of the projections.
         seed: seed of the dropout's generator.
 
     Call arguments:
-        query, value, key: the inputs (``key`` defaults to ``value``).
+        query, value, key: the inputs (``key`` defaults to ``value``); they may also come as one list
+            ``[query, value]`` or ``[query, value, key]``, the way ``Attention`` takes them.
         query_mask, value_mask, key_mask: boolean ``(batch, T)`` / ``(batch, S)`` masks; each defaults
             to the mask its input carries (an explicit argument wins). The output carries the query's.
         attention_mask: boolean mask broadcastable to ``(batch, T, S)``: ``False`` forbids attention.
@@ -137,8 +147,8 @@ class MultiHeadAttention(Layer):
     def __init__(self, num_heads: int, key_dim: int, value_dim: int | None = None, dropout: float = 0.0,
                  use_bias: bool = True, output_shape: Any = None, attention_axes: Any = None,
                  kernel_initializer: Any = "glorot_uniform", bias_initializer: Any = "zeros",
-                 kernel_regularizer: Any = None, bias_regularizer: Any = None, seed: int | None = None,
-                 **kwargs: Any):
+                 kernel_regularizer: Any = None, bias_regularizer: Any = None, kernel_constraint: Any = None,
+                 bias_constraint: Any = None, seed: int | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.num_heads = _positive_int(num_heads, "num_heads")
         self.key_dim = _positive_int(key_dim, "key_dim")
@@ -153,7 +163,8 @@ class MultiHeadAttention(Layer):
         self.attention_axes = self._check_attention_axes(attention_axes)
         options = dict(use_bias=self.use_bias, kernel_initializer=kernel_initializer,
                        bias_initializer=bias_initializer, kernel_regularizer=kernel_regularizer,
-                       bias_regularizer=bias_regularizer, dtype=self.dtype)
+                       bias_regularizer=bias_regularizer, kernel_constraint=kernel_constraint,
+                       bias_constraint=bias_constraint, dtype=self.dtype)
         # Attribute order is get_weights() order: query, key, value, then the output projection.
         self.query_dense = HeadProjection((self.num_heads, self.key_dim), 1, name="query", **options)
         self.key_dense = HeadProjection((self.num_heads, self.key_dim), 1, name="key", **options)
@@ -182,6 +193,8 @@ class MultiHeadAttention(Layer):
     def build(self, query_shape, value_shape=None, key_shape=None):
         """Create the projections; the key and value ones wait for their inputs when the shapes of
         those are not given (``Layer.__call__`` passes the query's shape alone)."""
+        if not symbolic.is_shape(query_shape):  # the shapes of a list [query, value, (key)]
+            query_shape, value_shape, key_shape = (*query_shape, None)[:3]
         query_shape = tuple(query_shape)
         if len(query_shape) != 3:
             raise ValueError(f"{self.name}: query must be 3-D (batch, sequence, features). "
@@ -196,10 +209,22 @@ class MultiHeadAttention(Layer):
         self.built = True
 
     def compute_output_shape(self, query_shape, value_shape=None, key_shape=None):
+        if not symbolic.is_shape(query_shape):
+            query_shape = query_shape[0]
         return (*tuple(query_shape)[:-1], *(self._output_dims or (tuple(query_shape)[-1],)))
 
-    def call(self, query, value, key=None, query_mask=None, value_mask=None, key_mask=None, attention_mask=None,
+    def call(self, query, value=None, key=None, query_mask=None, value_mask=None, key_mask=None, attention_mask=None,
              return_attention_scores=False, training=False, use_causal_mask=False):
+        if isinstance(query, (list, tuple)):
+            if value is not None or key is not None or not 2 <= len(query) <= 3:
+                raise ValueError(f"{self.name}: the inputs come either as query, value[, key] or as one list "
+                                 f"[query, value] or [query, value, key]. Received a list of {len(query)}, "
+                                 f"value {'given' if value is not None else 'None'}, "
+                                 f"key {'given' if key is not None else 'None'}")
+            query, value, key = (*query, None)[:3]
+        elif value is None:
+            raise ValueError(f"{self.name}: MultiHeadAttention needs a value (and optionally a key) besides the query. "
+                             "Received: value=None")
         if key is None:
             key = value
         elif key_mask is None:  # Keras fills <argument>_mask from the mask the argument carries
@@ -284,6 +309,8 @@ class MultiHeadAttention(Layer):
                 "bias_initializer": initializers.serialize(self.query_dense.bias_initializer),
                 "kernel_regularizer": regularizers.serialize(self.query_dense.kernel_regularizer),
                 "bias_regularizer": regularizers.serialize(self.query_dense.bias_regularizer),
+                "kernel_constraint": constraints.serialize(self.query_dense.kernel_constraint),
+                "bias_constraint": constraints.serialize(self.query_dense.bias_constraint),
                 "seed": self.seed}
 
 
