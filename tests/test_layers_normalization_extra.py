@@ -141,22 +141,41 @@ def test_fused_backward_matches_finite_differences(layer, shape):
     assert result.errors and result.max_error < 1e-6, result
 
 
-def _tape_layer_norm(x, gamma, beta, axes, epsilon, rms_scaling):
-    """Layer normalization written with distnn.ops: the tape-derived reference of the fused backward."""
-    mean = ops.mean(x, axis=axes, keepdims=True)
-    variance = ops.mean(ops.square(ops.subtract(x, mean)), axis=axes, keepdims=True)
+def _tape_layer_norm(x, weights, epsilon, rms_scaling):
+    """Layer normalization over the last axis written with distnn.ops: the tape-derived reference."""
+    mean = ops.mean(x, axis=-1, keepdims=True)
+    variance = ops.mean(ops.square(ops.subtract(x, mean)), axis=-1, keepdims=True)
     inv = ops.divide(1.0, ops.sqrt(ops.add(variance, epsilon)))
     if rms_scaling:
-        return ops.multiply(ops.multiply(x, inv), gamma)
-    return ops.add(ops.multiply(ops.multiply(ops.subtract(x, mean), inv), gamma), beta)
+        return ops.multiply(ops.multiply(x, inv), weights[0])
+    return ops.add(ops.multiply(ops.multiply(ops.subtract(x, mean), inv), weights[0]), weights[1])
 
 
-@pytest.mark.parametrize("rms_scaling", [False, True])
-def test_layer_norm_fused_backward_equals_the_tape_reference(rms_scaling):
+def _tape_group_norm(x, weights, epsilon, groups):
+    n, length, channels = x.shape
+    v = ops.reshape(x, (n, length, groups, channels // groups))
+    centered = ops.subtract(v, ops.mean(v, axis=(1, 3), keepdims=True))
+    variance = ops.mean(ops.square(centered), axis=(1, 3), keepdims=True)
+    normalized = ops.reshape(ops.divide(centered, ops.sqrt(ops.add(variance, epsilon))), (n, length, channels))
+    return ops.add(ops.multiply(normalized, weights[0]), weights[1])
+
+
+def _tape_unit_norm(x, weights):
+    return ops.divide(x, ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-12)))
+
+
+@pytest.mark.parametrize("make, reference", [
+    (lambda: LayerNormalization(dtype="float64", gamma_initializer="random_normal", beta_initializer="random_normal"),
+     lambda x, w: _tape_layer_norm(x, w, 1e-3, False)),
+    (lambda: LayerNormalization(rms_scaling=True, dtype="float64", gamma_initializer="random_normal"),
+     lambda x, w: _tape_layer_norm(x, w, 1e-3, True)),
+    (lambda: GroupNormalization(groups=4, dtype="float64", gamma_initializer="random_normal",
+                                beta_initializer="random_normal"), lambda x, w: _tape_group_norm(x, w, 1e-3, 4)),
+    (lambda: UnitNormalization(dtype="float64"), _tape_unit_norm)])
+def test_fused_backward_equals_the_tape_reference(make, reference):
     x = RNG.normal(size=(6, 4, 8)) * 2 + 0.5
     upstream = RNG.normal(size=x.shape)
-    layer = LayerNormalization(rms_scaling=rms_scaling, dtype="float64", gamma_initializer="random_normal",
-                               beta_initializer="random_normal")
+    layer = make()
     layer(x)
     with Tape() as tape:
         leaf = Tensor(x, tape)
@@ -167,11 +186,10 @@ def test_layer_norm_fused_backward_equals_the_tape_reference(rms_scaling):
     with Tape() as tape:
         leaf = Tensor(x, tape)
         weights = [Tensor(w.numpy(), tape) for w in layer.trainable_weights]
-        gamma, beta = (weights + [0.0])[:2]
-        y_ref = _tape_layer_norm(leaf, gamma, beta, (2,), layer.epsilon, rms_scaling)
+        y_ref = reference(leaf, weights)
     tape.backward([(y_ref, upstream)])
     np.testing.assert_allclose(y.value, y_ref.value, rtol=1e-13, atol=1e-13)
-    for got, want in zip(fused, [leaf.grad] + [w.grad for w in weights]):
+    for got, want in zip(fused, [leaf.grad] + [w.grad for w in weights], strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
