@@ -261,8 +261,10 @@ def test_spatial_dropout_drops_whole_channels(make, shape, channel_axis):
     np.testing.assert_array_equal(as_numpy(make()(x)), x)
 
 
-@pytest.mark.parametrize("make", [lambda: layers.SpatialDropout2D(0.5, seed=7), lambda: layers.GaussianNoise(0.3, seed=8),
-                                  lambda: layers.GaussianDropout(0.3, seed=9), lambda: layers.AlphaDropout(0.3, seed=10)])
+@pytest.mark.parametrize("make", [lambda: layers.SpatialDropout2D(0.5, seed=7),
+                                  lambda: layers.GaussianNoise(0.3, seed=8),
+                                  lambda: layers.GaussianDropout(0.3, seed=9),
+                                  lambda: layers.AlphaDropout(0.3, seed=10)])
 def test_random_layers_draw_per_sample_so_shards_match_one_process(make):
     """Inside a training step, the noise of rows [offset, offset + count) of the global batch is the
     same whether one process holds the whole batch or a rank holds only that shard."""

@@ -198,7 +198,10 @@ class Softmax(Layer):
 
     def __init__(self, axis: Any = -1, **kwargs: Any):
         super().__init__(**kwargs)
-        axes = [axis] if isinstance(axis, (int, np.integer)) else list(axis) if isinstance(axis, (list, tuple)) else None
+        if isinstance(axis, (int, np.integer)):
+            axes = [axis]
+        else:
+            axes = list(axis) if isinstance(axis, (list, tuple)) else None
         if not axes or not all(isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in axes):
             raise ValueError(f"axis must be an integer or a non-empty list of integers. Received: axis={axis!r}")
         self.axis = int(axes[0]) if isinstance(axis, (int, np.integer)) else [int(a) for a in axes]

@@ -317,6 +317,9 @@ class Conv2D(Conv):
         use_bias: whether to add a bias vector.
         kernel_initializer, bias_initializer: initializers (names or objects).
         kernel_regularizer, bias_regularizer: regularizers (names or objects).
+        groups: positive integer dividing the channels and ``filters``: the channels are convolved
+            in that many separate groups (kernel ``(kh, kw, channels / groups, filters)``); grouped
+            convolutions run on ``ops.conv`` (see ``distnn/layers/grouped_conv.py``).
 
     Input shape:
         ``(batch_size, height, width, channels)`` (channels-last) or
@@ -350,7 +353,7 @@ class Conv1D(Conv):
         data_format: ``"channels_last"`` (default, ``(batch, steps, c)``) or ``"channels_first"``.
         dilation_rate: an integer, the dilation of the kernel.
         activation, use_bias, kernel_initializer, bias_initializer, kernel_regularizer,
-        bias_regularizer: as in ``Conv2D``.
+        bias_regularizer, groups: as in ``Conv2D``.
 
     Input shape:
         ``(batch_size, steps, channels)`` (channels-last) or ``(batch_size, channels, steps)``.
