@@ -5,6 +5,7 @@ their statistics, their inference identity and their per-sample exactness across
 import numpy as np
 import pytest
 
+from conftest import run_mpi, run_python
 from distnn import layers, random
 from distnn.ops.core import value_of
 
@@ -275,3 +276,29 @@ def test_random_layers_draw_per_sample_so_shards_match_one_process(make):
         shard = as_numpy(make()(x[2:5], training=True))
     np.testing.assert_array_equal(shard, whole[2:5])
     assert not np.array_equal(whole, x)
+
+
+# ------------------------------------------------------------------------ N ranks = 1 process
+def _parity_run(out, n=None):
+    argv = ["tests/mpi_scripts/train_parity.py", str(out), "--model", "cnn-vision", "--samples", "75",
+            "--batch-size", "16"]
+    if n is None:
+        run_python(argv, timeout=60)
+    else:
+        run_mpi(n, argv, timeout=60)
+    with np.load(out) as saved:
+        return dict(saved)
+
+
+@pytest.mark.mpi
+def test_a_vision_model_with_random_layers_trains_on_ranks_like_one_process(tmp_path):
+    """Every vision layer in one model (its four random layers drawing per global sample): 2 and 3
+    ranks end each epoch with the weights of one process (75 samples, batch 16: uneven shards)."""
+    reference = _parity_run(tmp_path / "one.npz")
+    assert np.abs(reference["epoch1"] - reference["epoch0"]).max() > 1e-4  # it trained
+    for n in (2, 3):
+        result = _parity_run(tmp_path / f"n{n}.npz", n)
+        assert int(result["identical_checks"]) == 2
+        for key in ("epoch0", "epoch1", "loss_history", "predictions"):
+            scale = max(np.abs(reference[key]).max(), 1e-12)
+            assert np.abs(reference[key] - result[key]).max() / scale <= 1e-5, (n, key)
