@@ -123,6 +123,19 @@ def test_grouped_conv1d_causal_channels_first():
     np.testing.assert_allclose(y, expected.transpose(0, 2, 1), atol=1e-12)
 
 
+@pytest.mark.parametrize("cls, kwargs", [(layers.DepthwiseConv2D, {"kernel_size": 2, "depth_multiplier": 2}),
+                                         (layers.SeparableConv2D, {"filters": 3, "kernel_size": 2}),
+                                         (layers.Conv2D, {"filters": 4, "kernel_size": 2, "groups": 2})])
+def test_channels_first_is_channels_last_transposed(cls, kwargs):
+    x = random_array((2, 4, 3, 2), seed=20)
+    last = cls(**kwargs, bias_initializer="ones", activation="tanh", dtype="float64")
+    y_last = as_numpy(last(x))
+    first = cls(**kwargs, data_format="channels_first", activation="tanh", dtype="float64")
+    first(x.transpose(0, 3, 1, 2))
+    first.set_weights(last.get_weights())
+    np.testing.assert_allclose(as_numpy(first(x.transpose(0, 3, 1, 2))), y_last.transpose(0, 3, 1, 2), atol=1e-12)
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda: layers.Conv2D(3, 2, groups=2), "filters=3"),
     (lambda: layers.Conv2D(4, 2, groups=0), "groups=0"),
