@@ -9,6 +9,12 @@ from distnn.layers.core import Activation, Dense, Dropout, Flatten, Identity, In
 from distnn.layers.attention import AdditiveAttention, Attention
 from distnn.layers.multi_head_attention import MultiHeadAttention
 from distnn.layers.conv import Conv1D, Conv2D, Convolution1D, Convolution2D
+from distnn.layers.activation_layers import ELU, LeakyReLU, PReLU, ReLU, Softmax
+from distnn.layers.conv_transpose import (Conv1DTranspose, Conv2DTranspose, Convolution1DTranspose,
+                                          Convolution2DTranspose, DepthwiseConv1D, DepthwiseConv2D, SeparableConv1D,
+                                          SeparableConv2D, SeparableConvolution1D, SeparableConvolution2D)
+from distnn.layers.noise import AlphaDropout, GaussianDropout, GaussianNoise, SpatialDropout1D, SpatialDropout2D
+from distnn.layers.reshaping import Cropping1D, Cropping2D, UpSampling1D, UpSampling2D
 from distnn.layers.merging import (Add, Average, Concatenate, Dot, Maximum, Minimum, Multiply, Subtract, add, average,
                                    concatenate, dot, maximum, minimum, multiply, subtract)
 from distnn.layers.normalization import BatchNormalization, Normalization
@@ -28,7 +34,12 @@ __all__ = ["Layer", "Variable", "register_serializable", "serialize", "deseriali
            "GlobalAveragePooling2D", "GlobalAvgPool1D", "GlobalAvgPool2D", "GlobalMaxPool1D", "GlobalMaxPool2D",
            "GlobalMaxPooling1D", "GlobalMaxPooling2D", "MaxPool1D", "MaxPool2D", "MaxPooling1D", "MaxPooling2D",
            "ZeroPadding1D", "ZeroPadding2D", "Add", "Average", "Concatenate", "Dot", "Maximum", "Minimum", "Multiply",
-           "Subtract", "add", "average", "concatenate", "dot", "maximum", "minimum", "multiply", "subtract"]
+           "Subtract", "add", "average", "concatenate", "dot", "maximum", "minimum", "multiply", "subtract",
+           "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax", "Conv1DTranspose", "Conv2DTranspose",
+           "Convolution1DTranspose", "Convolution2DTranspose", "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D",
+           "SeparableConv2D", "SeparableConvolution1D", "SeparableConvolution2D", "SpatialDropout1D",
+           "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "AlphaDropout", "UpSampling1D", "UpSampling2D",
+           "Cropping1D", "Cropping2D"]
 
 serialization.register_builtins("distnn.layers", {name: obj for name, obj in globals().items()
                                                   if isinstance(obj, type) and issubclass(obj, Layer)})
