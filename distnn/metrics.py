@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from distnn import serialization
 from distnn.backend import get_array_module
 
 
@@ -128,11 +129,15 @@ class Metric:
             raise NotImplementedError(f"Metric {type(self).__name__} must implement update_state() with state "
                                       "variables from add_variable(), or batch_state()/result_from()")
         before = self._variable_values()
+        initial = self._initial_state_offset()
+        # From the initial values, not the running ones: a float32 difference of large running totals
+        # would lose the batch's low bits (the training loop keeps the totals in float64).
+        self._assign_variables(initial)
         try:
             self.update_state(y_true, y_pred, sample_weight)
-            return self._variable_values() - before
+            return self._variable_values() - initial
         finally:
-            self._assign_variables(before)  # the training loop keeps the totals
+            self._assign_variables(before)
 
     def result_from(self, state: np.ndarray) -> float:
         """A custom metric's value for summed ``state``: the totals go into its variables, then ``result``."""
@@ -158,7 +163,11 @@ class Metric:
             v.assign(initial)
 
     def get_config(self) -> dict:
-        return {"name": self.name}
+        return {"name": self.name, "dtype": self.dtype}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Metric":
+        return cls(**config)
 
 
 class Mean(Metric):
@@ -171,12 +180,20 @@ class Mean(Metric):
 class MeanMetricWrapper(Mean):
     """Averages ``fn(y_true, y_pred)`` over samples (with optional sample weights)."""
 
-    def __init__(self, fn: Callable[[Any, Any], Any], name: str | None = None, **fn_kwargs: Any):
-        super().__init__(name or getattr(fn, "__name__", "metric"))
+    def __init__(self, fn: Callable[[Any, Any], Any] | str | dict, name: str | None = None, dtype: Any = None,
+                 **fn_kwargs: Any):
+        if isinstance(fn, (str, dict)):  # from a saved configuration: the function by its saved name
+            fn = serialization.deserialize_keras_object(fn, module_objects=_TABLE, printable_module_name="metric")
+        if not callable(fn):
+            raise TypeError(f"MeanMetricWrapper needs a function (y_true, y_pred). Received: fn={fn!r}")
+        super().__init__(name or getattr(fn, "__name__", "metric"), dtype)
         self.fn, self.fn_kwargs = fn, fn_kwargs
 
     def batch_state(self, y_true, y_pred, sample_weight=None):
         return np.array(_weighted_sum(self.fn(y_true, y_pred, **self.fn_kwargs), sample_weight))
+
+    def get_config(self):
+        return {**super().get_config(), "fn": serialize(self.fn), **self.fn_kwargs}
 
 
 class LossMean(Mean):
@@ -192,8 +209,8 @@ class LossMean(Mean):
 class _ConfusionMetric(Metric):
     """Precision / recall from thresholded predictions: state = [true positives, false positives or negatives]."""
 
-    def __init__(self, thresholds: float = 0.5, name: str | None = None):
-        super().__init__(name)
+    def __init__(self, thresholds: float = 0.5, name: str | None = None, dtype: Any = None):
+        super().__init__(name, dtype)
         self.thresholds = float(thresholds)
 
     def _counts(self, y_true, y_pred, sample_weight):
@@ -234,6 +251,9 @@ _FUNCTIONS: dict[str, Callable] = {
 }
 _CLASSES: dict[str, type[Metric]] = {"precision": Precision, "recall": Recall}
 VALID_NAMES = sorted([*_FUNCTIONS, *_CLASSES, "accuracy", "acc"])
+_TABLE: dict[str, Any] = {**_FUNCTIONS,
+                          **{cls.__name__: cls for cls in (Metric, Mean, MeanMetricWrapper, Precision, Recall)}}
+serialization.register_builtins("distnn.metrics", _TABLE)
 
 
 def resolve_accuracy(output_shape: tuple, label_shape: tuple) -> Callable:
@@ -248,8 +268,9 @@ def resolve_accuracy(output_shape: tuple, label_shape: tuple) -> Callable:
 
 
 def get(identifier: Any, output_shape: tuple = (None, 2), label_shape: tuple = (None, 2)) -> Metric:
-    """Resolve a metric from a name, a ``Metric`` instance or a per-sample function; ``"accuracy"``
-    from the shapes of the model's output and of the labels."""
+    """Resolve a metric from a name (a built-in or a registered custom one), a saved configuration,
+    a ``Metric`` instance or a per-sample function; ``"accuracy"`` from the shapes of the model's
+    output and of the labels."""
     if isinstance(identifier, Metric):
         return identifier
     if isinstance(identifier, str):
@@ -259,10 +280,37 @@ def get(identifier: Any, output_shape: tuple = (None, 2), label_shape: tuple = (
             return _CLASSES[identifier](name=identifier)
         if identifier in _FUNCTIONS:
             return MeanMetricWrapper(_FUNCTIONS[identifier], name=identifier)
-        raise ValueError(f"Unknown metric {identifier!r}. Valid names: {VALID_NAMES}")
-    if callable(identifier):
+        custom = serialization.get_registered_object(identifier)
+        if custom is None:
+            raise ValueError(f"Unknown metric {identifier!r}. Valid names: {VALID_NAMES} (a custom metric needs "
+                             "custom_objects or @distnn.saving.register_keras_serializable())")
+        identifier = custom() if isinstance(custom, type) else custom
+    elif isinstance(identifier, dict):
+        identifier = serialization.resolve(identifier, _TABLE, "metric")
+    if isinstance(identifier, Metric):
+        return identifier
+    if callable(identifier) and not isinstance(identifier, type):
         return MeanMetricWrapper(identifier)
     raise TypeError(f"metric must be a string, a Metric or a function. Received: {identifier!r}")
+
+
+def serialize(metric: Any) -> Any:
+    """A metric as ``compile`` took it: a name stays a name; a ``Metric`` or a named function gets
+    its saved configuration (a lambda cannot be saved)."""
+    if isinstance(metric, str):
+        return metric
+    try:
+        return serialization.serialize_keras_object(metric)
+    except ValueError as exc:
+        raise ValueError(f"Cannot save the custom metric {metric!r}: {exc}") from exc
+
+
+def deserialize(config: Any, custom_objects: dict | None = None) -> Any:
+    """What ``serialize`` described: a name as it is (``compile`` resolves it), else the ``Metric``
+    or the function (``compile`` wraps it)."""
+    if isinstance(config, str):
+        return config
+    return serialization.deserialize_keras_object(config, custom_objects, _TABLE, "metric")
 
 
 # Keras' class-style names for the function metrics.

@@ -24,7 +24,7 @@ import numpy as np
 
 from distnn import backend
 from distnn.ops.core import value_of
-from distnn.utils import global_rng
+from distnn.global_state import global_rng
 
 # What a key stands for, its first field: distinct tags keep the kinds of streams apart.
 _GENERATOR, _STEP, _SEEDED_STEP, _INT_SEED = 1, 2, 3, 4

@@ -22,58 +22,29 @@ import os
 import zipfile
 from typing import Any
 
-from distnn import backend, losses, optimizers, weight_budget
+from distnn import backend, layers, losses, metrics, optimizers, weight_budget
 from distnn.archive import ArchiveReader, ArrayEntry, ZipStreamWriter, atomic_file, match_entries
+# Keras 3's keras.saving names (distnn.saving.register_keras_serializable, ...): the registry's.
+from distnn.serialization import (CustomObjectScope, custom_object_scope, deserialize_keras_object,  # noqa: F401
+                                  get_custom_objects, get_registered_name, get_registered_object,
+                                  register_keras_serializable, register_serializable, serialize_keras_object)
 
 FORMAT_VERSION = 1
 MODEL_MEMBERS = {"config.json", "weights.npz"}
 OPTIONAL_MEMBERS = {"optimizer.npz"}
 
 
-def _layer_classes(custom_objects: dict | None) -> dict[str, type]:
-    import distnn.layers as layers_module  # noqa: PLC0415 - every layer class, by name
-    import distnn.models as models_module  # noqa: PLC0415 - models import this module lazily
-    from distnn.layers.base import Layer, registered_objects  # noqa: PLC0415
-
-    classes = {name: obj for module in (layers_module, models_module) for name, obj in vars(module).items()
-               if isinstance(obj, type) and issubclass(obj, Layer)}
-    return {**classes, **registered_objects(), **(custom_objects or {})}
-
-
-def serialize_layer(layer: Any) -> dict:
-    """``{"class_name", "config"}`` of a layer or model: the unit of every saved configuration."""
-    from distnn.layers.base import serializable_name  # noqa: PLC0415
-
-    return {"class_name": serializable_name(type(layer)), "config": layer.get_config()}
-
-
-def deserialize_layer(entry: dict, custom_objects: dict | None = None) -> Any:
-    """A layer (or model) from ``serialize_layer``'s dict; only known or given classes are built."""
-    if not isinstance(entry, dict) or "class_name" not in entry:
-        raise ValueError(f"A layer configuration must be a dict with a class_name. Received: {entry!r:.200}")
-    cls = _layer_classes(custom_objects).get(entry["class_name"])
-    if cls is None:
-        raise ValueError(f"Unknown layer class {entry['class_name']!r}: pass it in custom_objects or "
-                         "decorate it with @distnn.layers.register_serializable()")
-    config = entry.get("config", {})
-    from distnn.models import Model  # noqa: PLC0415
-
-    if issubclass(cls, Model) and "custom_objects" in cls.from_config.__code__.co_varnames:
-        return cls.from_config(config, custom_objects=custom_objects)
-    return cls.from_config(config)
-
-
 def serialize_model_config(model: Any) -> dict:
-    return serialize_layer(model)
+    """``{"module", "class_name", "config"}`` of a model: the ``"model"`` entry of ``config.json``."""
+    return layers.serialize(model)
 
 
 def deserialize_model_config(config: dict, custom_objects: dict | None = None) -> Any:
-    """A model from ``serialize_model_config``; distnn 0.1 files (a bare Sequential config) too."""
-    if "class_name" not in config:
-        from distnn.models import Sequential  # noqa: PLC0415
-
-        return Sequential.from_config(config, custom_objects)
-    return deserialize_layer(config, custom_objects)
+    """A model from ``serialize_model_config``; distnn 0.1 files (a bare Sequential config) too.
+    Classes come from the registry (``distnn.serialization``): this module never imports the models."""
+    if isinstance(config, dict) and "class_name" not in config:
+        config = {"module": "distnn.models", "class_name": "Sequential", "config": config}
+    return layers.deserialize(config, custom_objects)
 
 
 def compile_config(model: Any) -> dict | None:
@@ -81,35 +52,20 @@ def compile_config(model: Any) -> dict | None:
     if not model.compiled:
         return None
     args = model._compile_args
-
-    def names_only(value: Any, what: str) -> Any:
-        if value is None or isinstance(value, str):
-            return value
-        if isinstance(value, (list, tuple)):
-            return [names_only(v, what) for v in value]
-        if isinstance(value, dict):
-            return {k: names_only(v, what) for k, v in value.items()}
-        raise ValueError(f"Cannot save the custom {what} {value!r}: only names are saved; compile the loaded "
-                         "model again with it")
-
-    def loss_config(value: Any) -> Any:
-        if isinstance(value, (list, tuple)):
-            return [loss_config(v) for v in value]
-        if isinstance(value, dict):
-            return {k: loss_config(v) for k, v in value.items()}
-        return None if value is None else losses.serialize(losses.get(value))
-
-    return {"optimizer": optimizers.serialize(model.optimizer), "loss": loss_config(args["loss"]),
-            "loss_weights": args["loss_weights"], "metrics": names_only(args["metrics"], "metric"),
-            "weighted_metrics": names_only(args["weighted_metrics"], "metric")}
+    return {"optimizer": optimizers.serialize(model.optimizer),
+            "loss": _per_output(args["loss"], lambda loss: losses.serialize(losses.get(loss))),
+            "loss_weights": args["loss_weights"], "metrics": _per_output(args["metrics"], metrics.serialize),
+            "weighted_metrics": _per_output(args["weighted_metrics"], metrics.serialize)}
 
 
-def _loss_from_config(value: Any, custom_objects: dict | None) -> Any:
-    if isinstance(value, list):
-        return [_loss_from_config(v, custom_objects) for v in value]
+def _per_output(value: Any, convert: Any) -> Any:
+    """``convert`` over a compile argument: one value, a list (in output order, or of metrics) or a
+    dict keyed by output name; a saved object's dict (it has a class_name) is one value."""
+    if isinstance(value, (list, tuple)):
+        return [_per_output(v, convert) for v in value]
     if isinstance(value, dict) and "class_name" not in value:
-        return {k: _loss_from_config(v, custom_objects) for k, v in value.items()}
-    return None if value is None else losses.get(value, custom_objects)
+        return {k: _per_output(v, convert) for k, v in value.items()}
+    return None if value is None else convert(value)
 
 
 def write_model_members(archive: ZipStreamWriter, model: Any, include_optimizer: bool = True) -> None:
@@ -255,9 +211,11 @@ def _rebuild(config: dict, custom_objects: dict | None, table: list, where: str)
 def _compile(model: Any, compiled: dict, custom_objects: dict | None, where: str) -> None:
     try:
         model.compile(optimizer=optimizers.get(compiled["optimizer"], custom_objects),
-                      loss=_loss_from_config(compiled["loss"], custom_objects),
-                      loss_weights=compiled.get("loss_weights"), metrics=compiled.get("metrics"),
-                      weighted_metrics=compiled.get("weighted_metrics"))
+                      loss=_per_output(compiled["loss"], lambda v: losses.get(v, custom_objects)),
+                      loss_weights=compiled.get("loss_weights"),
+                      metrics=_per_output(compiled.get("metrics"), lambda v: metrics.deserialize(v, custom_objects)),
+                      weighted_metrics=_per_output(compiled.get("weighted_metrics"),
+                                                   lambda v: metrics.deserialize(v, custom_objects)))
     except Exception as exc:  # optimizer and loss configs are checked by their constructors
         detail = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
         raise ValueError(f"{where}: the compile settings in config.json are not valid: {detail}") from exc

@@ -23,8 +23,8 @@ from distnn.layers.base import _fused_vjp
 from distnn.ops import symbolic
 from distnn.ops.core import Tape, Tensor, value_of
 from distnn.ops.numpy import mean as ops_mean, multiply as ops_multiply, reshape as ops_reshape, sum as ops_sum
+from distnn.global_state import global_rng
 from distnn.random import training_step
-from distnn.utils import global_rng
 
 
 @dataclasses.dataclass
@@ -45,7 +45,7 @@ class TrainingProgress:
 
 
 def _communicator() -> Any:
-    from distnn.distributed import get_communicator  # noqa: PLC0415 - keeps MPI out of plain imports
+    from distnn.distributed.world import get_communicator  # noqa: PLC0415 - keeps MPI out of plain imports
 
     return get_communicator()
 
@@ -297,7 +297,9 @@ class TrainingMixin:
         """One data-parallel step on this rank's shard; returns the step's global metric states
         followed by the number of ranks that asked to stop."""
         states = np.append(self._local_gradients(x, ys, weights, global_count), float(self.stop_requested))
-        reduce_and_apply(self, comm)
+        if reduce_and_apply(self, comm):  # False while gradients accumulate
+            for v in self._constrained:  # as Keras: each variable's constraint after every update
+                v.value[...] = v.constraint(v.value)
         return comm.allreduce(states, op="sum") if comm.size > 1 else states
 
     def compute_gradients(self, x: Any, y: Any, sample_weight: Any = None) -> tuple[float, np.ndarray]:

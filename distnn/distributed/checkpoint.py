@@ -29,7 +29,7 @@ import uuid
 from typing import Any
 
 from distnn import random, saving
-from distnn.callbacks import Callback
+from distnn.callbacks.callback import Callback
 from distnn.distributed.backup_format import (RUN_FORMAT, backup_path, list_backups, open_backup, read_run_id,
                                               step_of, write_backup)
 from distnn.distributed.backup_lock import DirectoryLock

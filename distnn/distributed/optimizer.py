@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from distnn.distributed import compression as compression_lib
+from distnn.distributed.communicator import create_communicator
 from distnn.distributed.world import get_communicator
 from distnn.optimizers import Optimizer
 
@@ -118,8 +119,6 @@ class DistributedOptimizer:
         if comm.size == 1 or type(self.compression) is type(comm.compression):
             return comm
         if id(comm) not in self._compressed:
-            from distnn.distributed.communicator import create_communicator  # noqa: PLC0415
-
             self._compressed[id(comm)] = create_communicator(comm.name, comm=comm.comm, compression=self.compression)
         return self._compressed[id(comm)]
 
@@ -141,13 +140,14 @@ class DistributedOptimizer:
         return getattr(self.optimizer, name)
 
 
-def reduce_and_apply(model: Any, comm: Any) -> None:
+def reduce_and_apply(model: Any, comm: Any) -> bool:
     """The data-parallel step after backward: accumulate this rank's share (``backward_passes_per_step``
     / ``gradient_accumulation_steps``), and when an update is due sum the shares over the ranks
-    (exactly the global batch's mean gradient), add regularisation and update."""
+    (exactly the global batch's mean gradient), add regularisation and update. Returns whether it
+    updated."""
     horovod, optimizer = getattr(model, "_horovod", None), model.optimizer
     if not optimizer.accumulate(model.grads):
-        return
+        return False
     reducer = horovod.gradient_communicator(comm) if horovod is not None else comm
     reducer.allreduce(model.grads, op="sum")
     # Under Horovod each rank's and each micro-batch's loss carries the regularisation: summing
@@ -161,6 +161,7 @@ def reduce_and_apply(model: Any, comm: Any) -> None:
     for _ in range(repeats):
         model._add_regularization_gradients()
     optimizer.apply_update(model.params, model.grads)
+    return True
 
 
 # --------------------------------------------------------------------------------------- join

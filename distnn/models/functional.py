@@ -156,6 +156,9 @@ class Functional(Model):
         return functional_config.from_config(cls, config, custom_objects)
 
 
+Model._functional_class = Functional  # what Model(inputs, outputs) builds
+
+
 def _dummy_input(tensor: symbolic.KerasTensor) -> Any:
     if any(d is None for d in tensor.shape[1:]):
         shape = tuple(1 if d is None else d for d in tensor.shape)

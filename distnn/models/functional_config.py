@@ -4,12 +4,13 @@ Each layer entry carries its ``inbound_nodes``: the arguments of each call, with
 written as ``{"class_name": "__keras_tensor__", "config": {"shape", "dtype", "keras_history":
 [layer name, node index, tensor index]}}``. Ops from ``distnn.ops`` called on symbolic tensors are
 saved as ``{"class_name": "__operation__", "config": {"name": op name}}`` entries. Loading never runs
-code: classes come from the registry (``distnn.saving``) and ops from ``distnn.ops`` by name.
+code: classes come from the registry (``distnn.serialization``) and ops from ``distnn.ops`` by name.
 """
 from __future__ import annotations
 
 from typing import Any
 
+from distnn import layers, ops
 from distnn.layers.base import Layer
 from distnn.layers.core import InputLayer
 from distnn.ops import symbolic
@@ -44,9 +45,13 @@ def _encode_constant(value: Any) -> Any:
     return value
 
 
-def get_config(model: Any) -> dict:
-    from distnn import saving  # noqa: PLC0415 - saving serializes layers
+def is_functional(model: Any) -> bool:
+    """Whether ``model`` is defined by a graph of nodes (a ``Functional``): told by its attributes, so
+    that the summary needs no import of the model classes."""
+    return hasattr(model, "_nodes") and hasattr(model, "_inputs_struct")
 
+
+def get_config(model: Any) -> dict:
     names = node_names(model)
 
     def encode(value: Any) -> Any:
@@ -69,7 +74,7 @@ def get_config(model: Any) -> dict:
         operation = node.operation
         name = node.name
         if name not in entries:
-            entry = saving.serialize_layer(operation) if isinstance(operation, Layer) else \
+            entry = layers.serialize(operation) if isinstance(operation, Layer) else \
                 {"class_name": _OPERATION, "config": {"name": getattr(operation, "name", operation.__name__)}}
             entries[name] = {**entry, "name": name, "inbound_nodes": []}
             order.append(name)
@@ -89,8 +94,6 @@ def get_config(model: Any) -> dict:
 
 
 def from_config(cls: type, config: dict, custom_objects: dict | None = None) -> Any:
-    from distnn import ops, saving  # noqa: PLC0415 - saving deserializes layers
-
     produced: dict[tuple[str, int], list] = {}  # (operation name, node index) -> its output tensors
     pending = []
     for entry in config["layers"]:
@@ -99,7 +102,7 @@ def from_config(cls: type, config: dict, custom_objects: dict | None = None) -> 
             if operation is None:
                 raise ValueError(f"Unknown op {entry['config']['name']!r} in a functional model configuration")
         else:
-            operation = saving.deserialize_layer(entry, custom_objects)
+            operation = layers.deserialize(entry, custom_objects)
         if isinstance(operation, InputLayer):
             produced[(entry["name"], 0)] = [operation.output_tensor]
             continue

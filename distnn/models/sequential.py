@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from distnn.layers import deserialize as deserialize_layer, serialize as serialize_layer
 from distnn.layers.base import Layer
 from distnn.layers.core import InputLayer
 from distnn.models.model import Model, _zeros_for
@@ -143,9 +144,7 @@ class Sequential(Model):
         return True
 
     def get_config(self) -> dict:
-        from distnn import saving  # noqa: PLC0415 - saving serializes layers
-
-        layers = [saving.serialize_layer(layer) for layer in self._layers]
+        layers = [serialize_layer(layer) for layer in self._layers]
         if self._input_shape is not None and not getattr(self._layers[0] if self._layers else None,
                                                          "_declared_input", False):
             layers.insert(0, {"class_name": "InputLayer",
@@ -155,8 +154,6 @@ class Sequential(Model):
 
     @classmethod
     def from_config(cls, config: dict, custom_objects: dict | None = None) -> "Sequential":
-        from distnn import saving  # noqa: PLC0415
-
         model = cls(name=config.get("name"), trainable=config.get("trainable", True))
         if config.get("input_shape") is not None:  # distnn 0.1 files
             model._input_shape = tuple(config["input_shape"])
@@ -167,7 +164,7 @@ class Sequential(Model):
                     [None, *entry_config["shape"]]
                 model._input_shape, model._input_dtype = tuple(shape), entry_config.get("dtype")
                 continue
-            layer = saving.deserialize_layer(entry, custom_objects)
+            layer = deserialize_layer(entry, custom_objects)
             if not model._layers and model._input_shape is None and getattr(layer, "_declared_input", False):
                 model._input_shape = layer.input_spec_shape
             model._layers.append(layer)

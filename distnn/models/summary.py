@@ -6,6 +6,7 @@ from typing import Any, Callable
 import numpy as np
 
 from distnn.layers.base import Layer
+from distnn.models import functional_config
 
 
 def _human_bytes(size: float) -> str:
@@ -29,10 +30,7 @@ def _camel(name: str) -> str:
 
 def _rows(model: Any) -> list[tuple[str, str, str, str]]:
     """(layer, output shape, params, connected to) per row."""
-    from distnn.models import functional_config  # noqa: PLC0415 - functional imports model, model imports us lazily
-    from distnn.models.functional import Functional  # noqa: PLC0415
-
-    if not isinstance(model, Functional):
+    if not functional_config.is_functional(model):
         shapes = getattr(model, "_output_shapes", None)
         return [(f"{layer.name} ({type(layer).__name__})", str(shapes[i]) if model.built and shapes else "?",
                  f"{layer.count_params():,}" if layer.built else "0 (unbuilt)", "")
@@ -64,7 +62,7 @@ def print_summary(model: Any, line_length: int | None = None, positions: Any = N
         raise ValueError("summary() supports line_length and print_fn; expand_nested, show_trainable, "
                          "layer_range and positions are not implemented")
     if print_fn is None:
-        from distnn.distributed import rank  # noqa: PLC0415 - keeps MPI out of plain imports
+        from distnn.distributed.world import rank  # noqa: PLC0415 - keeps MPI out of plain imports
 
         if rank() != 0:
             return

@@ -3,11 +3,13 @@
 Cody, "Rational Chebyshev approximations for the error function", Math. Comp. 23 (1969) 631-638,
 as in his CALERF routine (netlib specfun): three intervals of |x|, each a ratio of polynomials,
 accurate to about 1e-16 in float64 and evaluated element-wise on numpy or cupy arrays (no loop
-over elements). ``distnn.ops.nn.gelu(approximate=False)`` is built on it.
+over elements). ``distnn.ops.nn.gelu(approximate=False)`` and the GELU activation
+(``distnn.activations``) are built on it: numpy has no erf, and scipy is not a dependency.
 """
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from distnn.ops.core import array_module, defop
 
@@ -46,21 +48,29 @@ def _ratio(t, numerator: tuple, denominator: tuple):
     return num
 
 
-def erf_values(x):
-    """erf of every element of the float array ``x`` (no tape: the forward of ``erf``)."""
+def erf_values(x: Any) -> Any:
+    """erf of every element of the float array ``x`` (no tape: the forward of ``erf``), in its dtype.
+
+    Each interval's ratio is evaluated on its own elements only: 1.4 to 1.7 times faster, on a
+    million normal values, than evaluating every ratio on the whole array and selecting with
+    ``where`` (docs/architecture.md, "erf without scipy").
+    """
     xp = array_module(x)
     y = xp.abs(x)
-    small = xp.minimum(y, _SMALL)
-    erf_small = xp.sign(x) * small * _ratio(small * small, _A, _B)
-    # One exp(-y^2) serves both erfc intervals. (Cody splits y^2 to keep erfc's relative accuracy
-    # for large y; erf = 1 - erfc only needs its absolute accuracy, which a plain y*y keeps: the
-    # measured error stays within 2.3e-16 of math.erf over [-30, 30].)
-    rest = xp.clip(y, _SMALL, _ERFC_UNDERFLOW)
-    gauss = xp.exp(-rest * rest)
-    z = 1 / (rest * rest)
-    erfc = xp.where(y <= _MIDDLE, _ratio(rest, _C, _D) * gauss,
-                    (_INV_SQRT_PI - z * _ratio(z, _P, _Q)) / rest * gauss)
-    return xp.where(y <= _SMALL, erf_small, xp.sign(x) * (1 - erfc))
+    out = xp.empty_like(y)
+    small = y <= _SMALL
+    ys = y[small]
+    out[small] = ys * _ratio(ys * ys, _A, _B)
+    middle = ~small & (y <= _MIDDLE)
+    ym = y[middle]
+    # erf = 1 - erfc needs erfc's absolute accuracy only, which a plain exp(-y * y) keeps (Cody
+    # splits y * y to keep erfc's relative accuracy for large y): within 3e-16 of math.erf.
+    out[middle] = 1 - _ratio(ym, _C, _D) * xp.exp(-ym * ym)
+    large = ~(small | middle)  # also NaN, which stays NaN
+    yl = xp.minimum(y[large], _ERFC_UNDERFLOW)
+    z = 1 / (yl * yl)
+    out[large] = 1 - (_INV_SQRT_PI - z * _ratio(z, _P, _Q)) / yl * xp.exp(-yl * yl)
+    return xp.copysign(out, x)
 
 
 @defop

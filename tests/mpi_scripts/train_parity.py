@@ -1,6 +1,6 @@
 """Train a small model and save the final weights; run under mpiexec -n N or plain python.
 
-    python train_parity.py OUT.npz [--model mlp|mlp-dropout|cnn|cnn-bn] [--samples 203] [--batch-size 32]
+    python train_parity.py OUT.npz [--model mlp|mlp-dropout|cnn|cnn-bn|cnn-vision] [--samples 203] [--batch-size 32]
                            [--epochs 2] [--verbose 0] [--compression none|fp16] [--hidden 16]
                            [--train-on-batch 0]
 
@@ -58,6 +58,15 @@ def build(kind, input_shape, classes):
 
         layers = [Conv2D(4, (3, 3), activation="relu", input_shape=input_shape), MaxPooling2D((2, 2)),
                   Flatten(), Dense(classes, activation="softmax")]
+    elif kind == "cnn-vision":  # the vision layers, their random ones drawing per global sample
+        from distnn import layers as L
+
+        layers = [L.GaussianNoise(0.1, input_shape=input_shape), L.Conv2D(4, 3, padding="same"),
+                  L.PReLU(shared_axes=[1, 2]), L.SpatialDropout2D(0.25), L.Conv2D(4, 3, groups=2, activation="relu"),
+                  L.DepthwiseConv2D(3, depth_multiplier=2), L.GaussianDropout(0.2), L.SeparableConv2D(4, 2),
+                  L.Conv2DTranspose(4, 2, strides=2), L.Cropping2D(1), L.UpSampling2D(interpolation="bilinear"),
+                  L.AveragePooling2D(4), L.LeakyReLU(), L.AlphaDropout(0.1), L.Flatten(), L.ELU(),
+                  Dense(classes, activation="softmax")]
     else:  # synchronized BatchNormalization: global-batch statistics on every rank
         from distnn.layers import Activation, BatchNormalization, Conv2D, Flatten, MaxPooling2D
 
@@ -71,7 +80,7 @@ def build(kind, input_shape, classes):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
-    parser.add_argument("--model", default="mlp", choices=["mlp", "mlp-dropout", "cnn", "cnn-bn"])
+    parser.add_argument("--model", default="mlp", choices=["mlp", "mlp-dropout", "cnn", "cnn-bn", "cnn-vision"])
     parser.add_argument("--samples", type=int, default=203)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=2)
