@@ -179,27 +179,31 @@ class NpyArray:
         return np.where(rows < 0, rows + len(self), rows)
 
     def _read(self, rows: np.ndarray) -> np.ndarray:
-        """Rows ``rows`` (view-relative) in that order; consecutive rows of a shard take one read."""
+        """Rows ``rows`` (view-relative) in that order, read straight into the result: rows that are
+        consecutive both in a shard and in the result take one read."""
         out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
         if not len(rows):
             return out
         absolute = rows + self._first
         order = np.argsort(absolute, kind="stable")
         ordered = absolute[order]
-        buffer = out if np.array_equal(order, np.arange(len(order))) else np.empty_like(out)
-        flat = buffer.reshape(len(rows), -1).view(np.uint8)
-        # Runs of consecutive rows (same shard): one preadv each.
-        breaks = np.flatnonzero((np.diff(ordered) != 1) | (np.diff(np.searchsorted(self._starts, ordered, "right")) != 0))
-        run_starts = np.concatenate([[0], breaks + 1])
-        run_stops = np.concatenate([breaks + 1, [len(ordered)]])
+        shards = np.searchsorted(self._starts, ordered, "right") - 1
+        breaks = np.flatnonzero((np.diff(ordered) != 1) | (np.diff(shards) != 0) | (np.diff(order) != 1)) + 1
+        run_starts = np.concatenate([[0], breaks]).tolist()
+        run_stops = np.concatenate([breaks, [len(ordered)]]).tolist()
         row_bytes = self._shards[0].row_bytes
-        for lo, hi in zip(run_starts.tolist(), run_stops.tolist()):
-            shard_index = int(np.searchsorted(self._starts, ordered[lo], "right")) - 1
-            shard = self._shards[shard_index]
-            offset = shard.data_offset + (int(ordered[lo]) - int(self._starts[shard_index])) * row_bytes
-            _read_exactly(self._fd(shard_index), memoryview(flat[lo:hi]).cast("B"), offset, shard.path)
-        if buffer is not out:
-            out[order] = buffer
+        offsets = (np.array([s.data_offset for s in self._shards])[shards]
+                   + (ordered - self._starts[shards]) * row_bytes).tolist()
+        destinations, shard_of = order.tolist(), shards.tolist()
+        buffer = memoryview(out.reshape(-1).view(np.uint8)) if out.size else memoryview(b"")
+        # Runs end where file rows or result places stop being consecutive, so each run is one
+        # contiguous read into one contiguous slice of the result: no scratch copy, one syscall per run
+        # (~3 us; a shuffled batch of 256 rows costs < 1 ms).
+        for lo, hi in zip(run_starts, run_stops):
+            shard = shard_of[lo]
+            first = destinations[lo] * row_bytes
+            _read_exactly(self._fd(shard), buffer[first:first + (hi - lo) * row_bytes], offsets[lo],
+                          self._shards[shard].path)
         return out
 
     def _fd(self, shard_index: int) -> int:
