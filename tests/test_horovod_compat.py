@@ -17,7 +17,7 @@ from distnn.utils import set_random_seed
 
 CHECKS = ["allreduce_average", "allreduce_op_sum", "allreduce_average_false", "allreduce_scaled", "allreduce_fp16",
           "allreduce_", "broadcast_root_rank", "broadcast_", "allgather", "broadcast_object", "allgather_object",
-          "topology", "mpi", "broadcast_variables", "join", "warmup", "shutdown"]
+          "topology", "mpi", "broadcast_variables", "join", "warmup", "fit_sum", "fit_fp16", "shutdown"]
 
 
 @pytest.mark.mpi

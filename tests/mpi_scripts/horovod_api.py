@@ -89,5 +89,24 @@ momenta = [0.5 * new / old for new, old in zip(expected, old_rates)]  # Horovod'
 check("warmup", np.allclose([r for r, _ in rates[:8]], expected)
       and np.allclose([m for _, m in rates[:8]], momenta)
       and all(r == rates[7][0] and m == 0.5 for r, m in rates[8:]) and abs(rates[7][0] - 0.3) < 1e-12, rates)
+
+
+def fit_weights(optimizer):
+    set_random_seed(0)
+    net = models.Sequential([layers.Dense(4, activation="tanh", input_shape=(4,)), layers.Dense(2, activation="softmax")])
+    net.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
+    net.fit(x, (x[:, 0] > 0).astype(np.int64), batch_size=10, epochs=2, shuffle=False, verbose=0)
+    weights = backend.to_numpy(net.params).copy()
+    same = all(np.array_equal(w, weights) for w in hvd.allgather_object(weights))
+    return weights, same
+
+
+plain, _ = fit_weights(hvd.DistributedOptimizer(optimizers.SGD(0.1 * size)))
+# op=hvd.Sum: the ranks' gradients added, i.e. size times the mean: like a size-times larger rate.
+summed, same = fit_weights(hvd.DistributedOptimizer(optimizers.SGD(0.1), op=hvd.Sum))
+check("fit_sum", same and np.abs(summed - plain).max() < 1e-6, np.abs(summed - plain).max())
+# compression=fp16: gradients cross as float16 through a communicator of that compression.
+compressed, same = fit_weights(hvd.DistributedOptimizer(optimizers.SGD(0.1 * size), compression=hvd.Compression.fp16))
+check("fit_fp16", same and 0 < np.abs(compressed - plain).max() < 1e-2, np.abs(compressed - plain).max())
 hvd.shutdown()
 check("shutdown", True)
