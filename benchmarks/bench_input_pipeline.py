@@ -125,8 +125,9 @@ def main() -> None:
             print(f"{comm.size} ranks, global batch {args.batch_size}, {args.steps} steps per run, shuffled; "
                   f"median of {args.rounds} alternated runs")
             file_rate, memory_rate = statistics.median(file_rates), statistics.median(memory_rates)
-            print(f"file (NpyArray, prefetch): {file_rate:8.0f} samples/s  (runs: {', '.join(f'{r:.0f}' for r in file_rates)})")
-            print(f"memory (np.load):          {memory_rate:8.0f} samples/s  (runs: {', '.join(f'{r:.0f}' for r in memory_rates)})")
+            for label, rate, runs in (("file (NpyArray, prefetch):", file_rate, file_rates),
+                                      ("memory (np.load):         ", memory_rate, memory_rates)):
+                print(f"{label} {rate:8.0f} samples/s  (runs: {', '.join(f'{r:.0f}' for r in runs)})")
             print(f"ratio file / memory:       {file_rate / memory_rate:8.2f}")
     finally:
         comm.barrier()

@@ -198,7 +198,8 @@ def prepare_fit(model: Any, comm: Any, x: Any, y: Any, sample_weight: Any, batch
         _batch_source_arguments("fit()", "x", y, sample_weight, batch_size)
         if validation_split:
             raise ValueError("fit(): validation_split needs array inputs (it cuts off their last rows); with a "
-                             f"PyDataset or generator pass validation_data. Received: validation_split={validation_split}")
+                             "PyDataset or generator pass validation_data. "
+                             f"Received: validation_split={validation_split}")
         train = adapters.BatchSource(x, "x")
         _check_first_batch(model, train)
     validation = None
@@ -215,7 +216,8 @@ def prepare_fit(model: Any, comm: Any, x: Any, y: Any, sample_weight: Any, batch
     if validation_steps is not None and (validation is None or isinstance(validation.source, adapters.ArraySource)):
         raise ValueError("validation_steps applies to PyDataset and generator validation_data, not arrays. "
                          f"Received: validation_steps={validation_steps}")
-    described = {"x": train} if kind != "arrays" else {"x": train.x, "y": train.ys, "sample_weight": train.sample_weight}
+    described = {"x": train} if kind != "arrays" else \
+        {"x": train.x, "y": train.ys, "sample_weight": train.sample_weight}
     described["validation_data"] = None if validation is None else (
         validation.source if isinstance(validation.source, adapters.BatchSource)
         else tuple(p for p in (validation.source.x, validation.source.ys, validation.source.sample_weight)))
@@ -241,7 +243,8 @@ def prepare_fit(model: Any, comm: Any, x: Any, y: Any, sample_weight: Any, batch
                                     shuffle, comm, own, lengths)
         arrays = (None, None, None)
     if own and comm.rank == 0:
-        _announce(kind, lengths, batch_size, plan.num_steps, comm.size, horovod is not None and "x" not in agreement.own)
+        horovod_same_data = horovod is not None and "x" not in agreement.own
+        _announce(kind, lengths, batch_size, plan.num_steps, comm.size, horovod_same_data)
     return FitInputs(plan, validation, arrays, own)
 
 
@@ -250,7 +253,8 @@ def _validation_inputs(model: Any, validation_data: Any, validation_steps: Any, 
         source = adapters.BatchSource(validation_data, "validation_data")
         _check_first_batch(model, source)
         convert = batch_converter(model, None)
-        return EvalInputs(source, None, validation_steps, False, convert, input_dtypes(model, convert(*source.first)[0]))
+        return EvalInputs(source, None, validation_steps, False, convert,
+                          input_dtypes(model, convert(*source.first)[0]))
     if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
         raise ValueError("validation_data must be (x, y) or (x, y, sample_weight), a PyDataset or a generator. "
                          f"Received: {type(validation_data).__name__}")

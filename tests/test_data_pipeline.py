@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from distnn import data, layers, models, ops, optimizers
-from distnn.callbacks import Callback
 from distnn.data import NpyArray, Prefetcher
 from distnn.utils import PyDataset, Sequence, set_random_seed, to_categorical
 
@@ -106,7 +105,8 @@ def test_training_from_files_equals_training_from_arrays(tmp_path):
     expected = reference()
     np.testing.assert_array_equal(model.params, expected.params)
     assert model.evaluate(NpyArray(tmp_path / "x.npy"), Y, verbose=0) == expected.evaluate(X, Y, verbose=0)
-    np.testing.assert_array_equal(model.predict(NpyArray(tmp_path / "x.npy"), verbose=0), expected.predict(X, verbose=0))
+    np.testing.assert_array_equal(model.predict(NpyArray(tmp_path / "x.npy"), verbose=0),
+                                  expected.predict(X, verbose=0))
     history = mlp().fit(NpyArray(tmp_path / "x.npy"), Y, batch_size=32, epochs=1, validation_split=0.25, verbose=0)
     assert "val_loss" in history.history  # validation_split cuts a view of the file, reading nothing
 
@@ -258,7 +258,8 @@ def test_validation_data_may_be_a_py_dataset_or_a_generator_with_validation_step
     (lambda m: m.fit(Batches(X, Y, 32), validation_split=0.2), "validation_split needs array inputs"),
     (lambda m: m.fit(X, Y, validation_steps=2), "validation_steps applies to PyDataset and generator"),
     (lambda m: m.evaluate(X, Y, steps=2), "steps applies to PyDataset and generator inputs, not arrays"),
-    (lambda m: m.fit(iter([(X, Y, None, None)])), "A batch must be x, \\(x,\\), \\(x, y\\) or \\(x, y, sample_weight\\)"),
+    (lambda m: m.fit(iter([(X, Y, None, None)])),
+     "A batch must be x, \\(x,\\), \\(x, y\\) or \\(x, y, sample_weight\\)"),
     (lambda m: m.fit(iter([X])), "must be \\(x, y\\) or \\(x, y, sample_weight\\). Received a batch without targets"),
     (lambda m: m.fit(iter([])), "x yielded no batch"),
     (lambda m: m.fit(iter([(X[:, :5], Y)])), "expected shape \\(None, 6\\)"),

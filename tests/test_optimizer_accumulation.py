@@ -44,7 +44,8 @@ def test_the_accumulator_is_optimizer_state_saved_and_restored_mid_cycle():
     other.fit(X[:1], Y[:1], batch_size=1, epochs=1, verbose=0)  # builds its state
     other.optimizer.set_state(state)
     assert other.optimizer.accumulated_steps == 2
-    np.testing.assert_array_equal(other.optimizer.slots["accumulated_gradients"], optimizer.slots["accumulated_gradients"])
+    np.testing.assert_array_equal(other.optimizer.slots["accumulated_gradients"],
+                                  optimizer.slots["accumulated_gradients"])
     assert optimizers.Adam(gradient_accumulation_steps=3).get_config()["gradient_accumulation_steps"] == 3
     assert "gradient_accumulation_steps" not in optimizers.Adam().get_config()
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -170,8 +170,3 @@ class BatchSource:
         if self.kind == "py_dataset":
             self.data.on_epoch_begin()
 
-
-def converted(batches: Iterator[tuple], convert: Callable[[Any, Any, Any], Any]) -> Iterator[Any]:
-    """``convert(x, y, sample_weight)`` applied to each batch (in the loader thread)."""
-    for x, y, sample_weight in batches:
-        yield convert(x, y, sample_weight)

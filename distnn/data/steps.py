@@ -100,9 +100,6 @@ class ArrayTrainPlan:
             local = order[step * B:step * B + counts[self.rank]]
             yield Step(step, *self.source.take(local), counts[self.rank], sum(counts[:self.rank]), sum(counts))
 
-    def end_epoch(self) -> None:
-        """Nothing to do for arrays (``BatchTrainPlan`` calls the data set's hooks)."""
-
 
 class BatchTrainPlan:
     """``fit`` over a ``PyDataset`` or an iterable of batches.
@@ -161,9 +158,6 @@ class BatchTrainPlan:
         finally:
             self.ran_out = exhausted and self.num_steps is not None
             self.source.end_epoch(exhausted)
-
-    def end_epoch(self) -> None:
-        """Already done by ``epoch`` (the data set's ``on_epoch_end`` runs when its steps end)."""
 
     def _parts(self, raw: Iterator[tuple]) -> Iterator[_Part]:
         rank, size = self.comm.rank, self.comm.size

@@ -39,5 +39,5 @@ def deserialize(config: dict, custom_objects: dict | None = None) -> Optimizer:
     return get(config, custom_objects)
 
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Nadam", "RMSprop", "Adagrad", "Adadelta", "schedules", "get", "serialize",
-           "deserialize"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Nadam", "RMSprop", "Adagrad", "Adadelta", "schedules", "get",
+           "serialize", "deserialize"]

@@ -49,12 +49,11 @@ class Optimizer:
         self.weight_decay = check_optional_real("weight_decay", weight_decay, minimum=0)
         self.learning_rate = learning_rate
         self.name = name or type(self).__name__.lower()
-        if gradient_accumulation_steps is not None and (
-                isinstance(gradient_accumulation_steps, bool) or not isinstance(gradient_accumulation_steps, (int, np.integer))
-                or gradient_accumulation_steps < 1):
+        steps = gradient_accumulation_steps
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1):
             raise ValueError("gradient_accumulation_steps must be a positive integer or None. Received: "
-                             f"gradient_accumulation_steps={gradient_accumulation_steps!r}")
-        self.gradient_accumulation_steps = None if gradient_accumulation_steps is None else int(gradient_accumulation_steps)
+                             f"gradient_accumulation_steps={steps!r}")
+        self.gradient_accumulation_steps = None if steps is None else int(steps)
         # Horovod's average_aggregated_gradients=False adds the k gradients instead of averaging.
         self.average_accumulated_gradients = True
         self.accumulated_steps = 0  # micro-batches in the accumulator since the last update

@@ -93,7 +93,8 @@ check("warmup", np.allclose([r for r, _ in rates[:8]], expected)
 
 def fit_weights(optimizer):
     set_random_seed(0)
-    net = models.Sequential([layers.Dense(4, activation="tanh", input_shape=(4,)), layers.Dense(2, activation="softmax")])
+    net = models.Sequential([layers.Dense(4, activation="tanh", input_shape=(4,)),
+                             layers.Dense(2, activation="softmax")])
     net.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
     net.fit(x, (x[:, 0] > 0).astype(np.int64), batch_size=10, epochs=2, shuffle=False, verbose=0)
     weights = backend.to_numpy(net.params).copy()
