@@ -7,10 +7,13 @@ thread: the loader only reads and converts this rank's data.
 """
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
+
+from distnn import backend
 
 _END = object()
 
@@ -31,7 +34,7 @@ class Prefetcher:
         self._stop = threading.Event()
         # The thread holds the queue and the event, not this object, so an abandoned Prefetcher is
         # collected and its __del__ stops the thread.
-        self._thread = threading.Thread(target=_produce, args=(make_iterator, self._queue, self._stop),
+        self._thread = threading.Thread(target=_produce, args=(make_iterator, self._queue, self._stop, _device_scope()),
                                         name="distnn-prefetch", daemon=True)
         self._thread.start()
 
@@ -70,7 +73,17 @@ class Prefetcher:
         self._stop.set()
 
 
-def _produce(make_iterator: Callable[[], Iterator[Any]], items: queue.Queue, stop: threading.Event) -> None:
+def _device_scope() -> Any:
+    """The calling thread's GPU as a context to enter in the loader thread: cupy's current device is
+    per thread, and a new thread would otherwise copy batches to GPU 0 whatever this rank's GPU."""
+    if backend.device() != "gpu":
+        return contextlib.nullcontext()
+    cupy = backend.xp()
+    return cupy.cuda.Device(cupy.cuda.runtime.getDevice())
+
+
+def _produce(make_iterator: Callable[[], Iterator[Any]], items: queue.Queue, stop: threading.Event,
+             device: Any) -> None:
     def put(entry: tuple) -> bool:
         while not stop.is_set():
             try:
@@ -81,9 +94,10 @@ def _produce(make_iterator: Callable[[], Iterator[Any]], items: queue.Queue, sto
         return False
 
     try:
-        for item in make_iterator():
-            if not put((True, item)):
-                return
+        with device:
+            for item in make_iterator():
+                if not put((True, item)):
+                    return
     except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
         put((False, exc))
         return
