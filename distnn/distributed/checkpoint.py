@@ -15,6 +15,9 @@ continues at the exact step — on any number of ranks, since the global batch f
 
 SIGTERM and SIGUSR1 (how Slurm and other schedulers announce preemption) ask training to stop at
 the next step boundary: a backup is written there and every rank exits with ``PREEMPTED_EXIT_CODE``.
+A rank blocked where no step boundary comes (a peer hangs) still ends: without a boundary within
+``DISTNN_TERM_GRACE_S`` seconds (default 30), or on a second signal, the job is aborted without a
+backup (distnn.distributed.termination).
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ import numpy as np
 
 from distnn import saving
 from distnn.callbacks import Callback
+from distnn.distributed.termination import TerminationWatch
 from distnn.distributed.world import get_communicator
 from distnn.utils import global_rng
 
@@ -94,7 +98,8 @@ class BackupAndRestore(Callback):
         delete_checkpoint: delete the backups once training finishes normally (Keras' default), so a
             new run starts afresh; a preempted or crashed run always keeps them.
         handle_signals: on SIGTERM/SIGUSR1, back up at the next step and exit with
-            ``PREEMPTED_EXIT_CODE`` (75) on every rank.
+            ``PREEMPTED_EXIT_CODE`` (75) on every rank; abort without a backup when no step
+            boundary comes within ``DISTNN_TERM_GRACE_S`` seconds or on a second signal.
     """
 
     def __init__(self, backup_dir: str, save_freq: Any = "epoch", keep: int = 2, delete_checkpoint: bool = True,
@@ -109,17 +114,21 @@ class BackupAndRestore(Callback):
         self.backup_dir, self.save_freq, self.keep = os.fspath(backup_dir), save_freq, keep
         self.delete_checkpoint, self.handle_signals = delete_checkpoint, handle_signals
         self._previous_handlers: dict = {}
+        self._termination: TerminationWatch | None = None
         self.restored_from: str | None = None
 
     # ------------------------------------------------------------------------------ hooks
     def on_train_begin(self, logs=None):
         if self.handle_signals:
+            self._termination = TerminationWatch()
             for sig in _SIGNALS:
                 self._previous_handlers[sig] = signal.signal(sig, self._request_stop)
         self._restore()
 
     def on_train_batch_end(self, batch, logs=None):
         if self.model.preempted:
+            if self._termination is not None:
+                self._termination.boundary_reached()
             self._write()
         elif self.save_freq != "epoch" and self.model.optimizer.iterations % self.save_freq == 0:
             self._write()
@@ -135,6 +144,9 @@ class BackupAndRestore(Callback):
             # they stop as soon as one has it) must not kill this rank during the clean exit.
             signal.signal(sig, signal.SIG_IGN if self.model.preempted else handler)
         self._previous_handlers.clear()
+        if self._termination is not None:
+            self._termination.close()
+            self._termination = None
         comm = get_communicator()
         if self.model.preempted:
             comm.barrier()  # rank 0 has finished writing before anyone leaves
@@ -148,6 +160,7 @@ class BackupAndRestore(Callback):
 
     def _request_stop(self, signum: int, frame: Any) -> None:
         self.model.stop_requested = True
+        self._termination.requested(signum)
 
     # ------------------------------------------------------------------------------ write
     def _write(self, finished_epoch: tuple[int, dict] | None = None) -> None:
