@@ -50,6 +50,35 @@ def test_hanging_rank_is_named_then_the_job_ends(tmp_path, rank):
 
 
 @pytest.mark.mpi
+def test_hang_outside_fit_is_named_too(tmp_path):
+    elapsed, proc = fault_job("hang-predict", 1, tmp_path)
+    assert proc.returncode != 0
+    assert elapsed < TIMEOUT_S + 10, f"the job took {elapsed:.0f} s"
+    assert re.search(r"stall: rank 0 has waited \d+ s in allgather_obj #\d+ at distnn/training.py:\d+ in "
+                     r"_sync_replicas; rank 1 has not joined it:\n.*rank 1 \(.*\) is not in a collective .*, at "
+                     r".*fault_matrix.py:\d+ in <module>", proc.stderr), proc.stderr
+
+
+@pytest.mark.mpi
+def test_rank_holding_the_interpreter_lock_is_named_as_not_answering(tmp_path):
+    elapsed, proc = fault_job("hang-gil", 1, tmp_path, n=3)
+    assert proc.returncode != 0
+    assert elapsed < TIMEOUT_S + 10, f"the job took {elapsed:.0f} s"
+    assert re.search(r"stall:   rank 1 did not answer within \d+ s \(stuck in code that holds Python's interpreter "
+                     r"lock, stopped, or dead\)", proc.stderr), proc.stderr
+
+
+@pytest.mark.mpi
+def test_job_ends_even_when_rank_0_cannot_report(tmp_path):
+    # Rank 0's inspector cannot run: the waiting rank ends the job itself, shortly after the timeout.
+    elapsed, proc = fault_job("hang-gil", 0, tmp_path)
+    assert proc.returncode != 0
+    assert elapsed < TIMEOUT_S + 10, f"the job took {elapsed:.0f} s"
+    assert re.search(r"distnn: stall: rank 1 has waited \d+ s in allreduce #\d+ \(float32\[57\]\) "
+                     r"\(DISTNN_STALL_TIMEOUT_S=3\) and rank 0 did not end the job", proc.stderr), proc.stderr
+
+
+@pytest.mark.mpi
 def test_stall_warning_alone_does_not_end_the_job(tmp_path):
     elapsed, proc = fault_job("pause-fit", 1, tmp_path, DISTNN_STALL_TIMEOUT_S="0")
     assert proc.returncode == 0, proc.stderr

@@ -5,10 +5,13 @@ and exits"):
 
 - **Waiting.** The communicators start every collective non-blocking (``Iallreduce``, ``Ibcast``,
   the ring's ``Isend``/``Irecv``) and complete it with `Monitor.wait`, which polls ``MPI_Test``:
-  for the first `SPIN_S` it spins, yielding the core after each test (as MPI's own blocking wait
-  does), which covers the peers' normal imbalance; then it sleeps for 5 % of the time waited so far,
-  up to `MAX_SLEEP_S`. A 2 ms spin without yielding measured 10-40 % slower steps than blocking
-  calls on an oversubscribed machine; 10-200 ms with yields matched them. The main thread thus
+  for the first `SPIN_S` it spins, which covers the peers' normal imbalance, and from
+  `YIELD_AFTER_S` on it yields the core every `YIELD_EVERY` tests, for a peer sharing the core;
+  then it sleeps for 5 % of the time waited so far, up to `MAX_SLEEP_S`. Measured on an
+  oversubscribed machine (docs/architecture.md): a 2 ms spin without yields made training steps
+  10-40 % slower than blocking calls, a 50 ms one 40-85 % slower; yields made them match; but
+  yielding from the first test gave small collectives millisecond latencies in some runs (a yield
+  hands a whole time slice to another process), hence only after 0.3 ms. The main thread thus
   returns to Python between polls, so signal handlers run while a rank is blocked (SIGTERM,
   Ctrl-C), and a stalled rank sleeps instead of spinning a core.
 - **Bookkeeping.** Before a collective the main thread notes ``(communicator, sequence number,
@@ -45,6 +48,8 @@ from typing import Any
 from distnn.distributed import startup
 from distnn.distributed.aborts import abort_job
 
+YIELD_AFTER_S = 0.0003
+YIELD_EVERY = 100  # tests (about 1-2 us each) between yields of the core
 SPIN_S = 0.05
 BACKOFF = 0.05
 MAX_SLEEP_S = 0.02
@@ -248,11 +253,13 @@ class Monitor:
     @staticmethod
     def _poll(test) -> None:
         start = now = time.perf_counter()
-        spin_until = start + SPIN_S
+        yield_from, spin_until, tests = start + YIELD_AFTER_S, start + SPIN_S, 0
         while now < spin_until:
             if test():
                 return
-            _yield_cpu()  # lets a peer sharing this core run (a no-op syscall on a dedicated core)
+            tests += 1
+            if tests % YIELD_EVERY == 0 and now >= yield_from:  # a peer sharing this core may need it
+                _yield_cpu()
             now = time.perf_counter()
         while True:
             time.sleep(min(MAX_SLEEP_S, (now - start) * BACKOFF))

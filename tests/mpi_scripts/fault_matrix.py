@@ -4,6 +4,8 @@
 
 ACTION, done by rank RANK (the other ranks behave):
     hang-fit       sleeps for good in a callback at step 3 of fit (the others wait in the allreduce)
+    hang-gil       loops for good there in C code that keeps Python's interpreter lock
+    hang-predict   sleeps for good after fit while the others predict
     pause-fit      sleeps 3 s there, then training goes on and finishes
     exit-fit       calls sys.exit(0) at step 3 of fit
     exit-before-barrier
@@ -50,6 +52,8 @@ class Misbehave(Callback):
             return
         if ACTION in ("hang-fit", "hang-backup"):
             time.sleep(1000)
+        elif ACTION == "hang-gil":
+            sum(range(10**15))  # one C call: no other thread of this process runs meanwhile
         elif ACTION == "pause-fit":
             time.sleep(3)
         elif ACTION == "exit-fit":
@@ -64,6 +68,10 @@ callbacks = [Misbehave()]
 if ACTION == "hang-backup":
     callbacks.append(BackupAndRestore(os.path.join(DIR, "backups")))
 model.fit(x, y, batch_size=10, epochs=2, verbose=0, callbacks=callbacks)
+if ACTION == "hang-predict" and dist.rank() == RANK:
+    time.sleep(1000)
+if ACTION == "hang-predict":
+    model.predict(x)
 if ACTION == "exit-before-barrier" and dist.rank() == RANK:
     sys.exit(0)
 if ACTION == "exit-before-barrier":
