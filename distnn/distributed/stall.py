@@ -39,7 +39,6 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import socket
 import sys
 import threading
 import time
@@ -57,7 +56,7 @@ BURST_S = 50e-6  # spinning after each sleep, so a transfer that needs several p
 WORLD = "world"
 
 _TAG_NOTICE, _TAG_QUERY, _TAG_STATUS, _TAG_GOODBYE = 1, 2, 3, 4
-_HOST = socket.gethostname()
+_HOST = os.uname().nodename if hasattr(os, "uname") else os.environ.get("COMPUTERNAME", "?")
 # Frames of the collective machinery itself, left out of reported locations.
 _MACHINERY = tuple(os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
                    for name in ("stall.py", "communicator.py", "ring.py", "world.py"))
@@ -70,7 +69,7 @@ _yield_cpu = getattr(os, "sched_yield", lambda: time.sleep(0))
 def monitor(MPI: Any) -> Monitor:
     """The process-wide monitor (created on first use: collective over MPI's world)."""
     global _monitor
-    if _monitor is None or _monitor.pid != os.getpid():
+    if _monitor is None:
         _monitor = Monitor(MPI)
     return _monitor
 

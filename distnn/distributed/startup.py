@@ -3,8 +3,9 @@
 MPI_Init waits until every rank of the job has called it, holding the interpreter lock (no Python
 thread runs meanwhile). A rank that fails or exits before it ever starts MPI (an exception before
 `import distnn`) therefore leaves the others in MPI_Init for good: the launcher does not notice
-either. A small watchdog process, started just before MPI_Init and told when it returns (its
-stdin closes), gives the same deadlines as the stall inspection: a warning after
+either. A small watchdog process, started just before MPI_Init and killed when it returns (it also
+ends when its stdin closes, i.e. when the rank dies), gives the same deadlines as the stall
+inspection: a warning after
 ``DISTNN_STALL_WARNING_S``, and after ``DISTNN_STALL_TIMEOUT_S`` it prints why and kills the waiting
 rank, so the launcher ends the job. See docs/architecture.md, "Reliability: stalls, launch and
 exits".
@@ -12,8 +13,6 @@ exits".
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
 from typing import Any
 
@@ -22,8 +21,8 @@ from distnn.distributed import launch_env
 WARNING_ENV, TIMEOUT_ENV = "DISTNN_STALL_WARNING_S", "DISTNN_STALL_TIMEOUT_S"
 DEFAULT_WARNING_S, DEFAULT_TIMEOUT_S = 60.0, 600.0
 
-# Runs in `python -I -S` (no site, no distnn): waits for EOF on stdin, which comes when MPI_Init has
-# returned (or the rank died); otherwise prints and, at the deadline, kills the rank.
+# Runs in `python -I -S` (no site, no distnn) until MPI_Init returns (then the rank kills it) or the
+# rank dies (EOF on stdin); meanwhile it prints and, at the deadline, kills the rank.
 _WATCHDOG = r"""
 import os, select, signal, sys, time
 pid, who, warning, timeout = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
@@ -62,12 +61,16 @@ def seconds_from_env(name: str, default: float) -> float:
     return value
 
 
-def _watch_start_up() -> subprocess.Popen | None:
+def _watch_start_up() -> Any:
+    """The watchdog process (a ``subprocess.Popen``), or `None` when both deadlines are off."""
+    import subprocess  # noqa: PLC0415 - only under an MPI launcher: keeps `import distnn` light
+
     warning = seconds_from_env(WARNING_ENV, DEFAULT_WARNING_S)
     timeout = seconds_from_env(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)
     if not warning and not timeout:
         return None
-    who = f"rank {launch_env.launcher_rank()} ({socket.gethostname()}, pid {os.getpid()})"
+    host = os.uname().nodename if hasattr(os, "uname") else "?"
+    who = f"rank {launch_env.launcher_rank()} ({host}, pid {os.getpid()})"
     return subprocess.Popen([sys.executable, "-I", "-S", "-c", _WATCHDOG, str(os.getpid()), who,
                              str(warning), str(timeout)], stdin=subprocess.PIPE)
 
@@ -100,7 +103,8 @@ def start_mpi() -> Any:
     try:
         MPI.Init_thread(MPI.THREAD_MULTIPLE)
     finally:
-        if watchdog is not None:
-            watchdog.stdin.close()  # EOF: the watchdog exits
+        if watchdog is not None:  # no longer needed (killing it does not wait for its start-up)
+            watchdog.kill()
             watchdog.wait()
+            watchdog.stdin.close()
     return MPI
