@@ -14,6 +14,7 @@ Importing this package never imports mpi4py; `init` does, and only under an MPI 
 from distnn.distributed.communicator import (Communicator, MpiCommunicator,
                                              SingleProcessCommunicator, create_communicator)
 from distnn.distributed.compression import Compression, Compressor
+from distnn.distributed.launch_env import LaunchMismatchError
 from distnn.distributed.ring import AutoCommunicator, RingCommunicator
 from distnn.distributed.world import (allgather, allgather_object, allreduce, barrier,
                                       broadcast, broadcast_object, get_communicator, init,
@@ -29,7 +30,7 @@ __all__ = [
     "init", "is_initialized", "launched_by_mpi", "get_communicator", "rank", "size", "local_rank", "local_size",
     "is_root", "barrier", "allreduce", "broadcast", "allgather", "broadcast_object", "allgather_object",
     "Communicator", "SingleProcessCommunicator", "MpiCommunicator", "RingCommunicator", "AutoCommunicator",
-    "create_communicator", "Compression", "Compressor", "broadcast_weights", "DistributedOptimizer",
+    "create_communicator", "Compression", "Compressor", "LaunchMismatchError", "broadcast_weights", "DistributedOptimizer",
     "BroadcastWeights", "MetricAverage", "LearningRateWarmup", "BackupAndRestore", "PREEMPTED_EXIT_CODE",
     "RankMismatchError",
 ]
