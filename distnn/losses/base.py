@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from distnn import serialization
 from distnn.backend import get_array_module
 
 EPSILON = 1e-7  # Keras' backend.epsilon(): probabilities are clipped to [eps, 1 - eps]
@@ -334,65 +333,3 @@ class KLDivergence(Loss):
         inside = (y_pred > EPSILON) & (y_pred < 1)
         return xp.where(inside, -y / xp.clip(y_pred, EPSILON, 1), 0) / _elements_per_sample(y_pred[..., 0])
 
-
-class LossFunctionWrapper(Loss):
-    """A loss from a plain function ``fn(y_true, y_pred, **kwargs)`` written with ``distnn.ops``
-    (Keras' ``LossFunctionWrapper``); the tape differentiates it."""
-
-    def __init__(self, fn: Any, name: str | None = None, reduction: str | None = "sum_over_batch_size",
-                 **kwargs: Any):
-        if isinstance(fn, (str, dict)):  # from a saved configuration: the function by its saved name
-            fn = serialization.deserialize_keras_object(fn, module_objects=_TABLE, printable_module_name="loss")
-        if not callable(fn):
-            raise TypeError(f"LossFunctionWrapper needs a function (y_true, y_pred). Received: fn={fn!r}")
-        super().__init__(name=name or getattr(fn, "__name__", "loss"), reduction=reduction)
-        self.fn, self.fn_kwargs = fn, kwargs
-
-    def call(self, y_true, y_pred):
-        return self.fn(y_true, y_pred, **self.fn_kwargs)
-
-    def get_config(self):
-        try:
-            fn = serialization.serialize_keras_object(self.fn)
-        except ValueError as exc:
-            raise ValueError(f"Cannot save the custom loss {self.name!r}: {exc}") from exc
-        return {**super().get_config(), "fn": fn, **self.fn_kwargs}
-
-
-_BY_NAME: dict[str, Any] = {
-    "categorical_crossentropy": CategoricalCrossentropy,
-    "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
-    "binary_crossentropy": BinaryCrossentropy,
-    "mean_squared_error": MeanSquaredError, "mse": MeanSquaredError,
-    "mean_absolute_error": MeanAbsoluteError, "mae": MeanAbsoluteError,
-    "huber": Huber, "huber_loss": Huber,
-    "kl_divergence": KLDivergence, "kld": KLDivergence, "kullback_leibler_divergence": KLDivergence,
-}
-_CLASSES = {cls.__name__: cls for cls in _BY_NAME.values()}
-_TABLE: dict[str, Any] = {**_BY_NAME, **_CLASSES, "LossFunctionWrapper": LossFunctionWrapper}
-serialization.register_builtins("distnn.losses", _TABLE)
-
-
-def get(identifier: Any, custom_objects: dict | None = None) -> Loss:
-    """Resolve a loss from a name (Keras spelling or alias), a class, a saved configuration, an
-    instance or a function ``(y_true, y_pred)`` (a registered one also by its name)."""
-    if isinstance(identifier, Loss):
-        return identifier
-    if isinstance(identifier, type) and issubclass(identifier, Loss):
-        return identifier()
-    if isinstance(identifier, (str, dict)):
-        identifier = serialization.resolve(identifier, _TABLE, "loss", custom_objects)
-        if isinstance(identifier, Loss):
-            return identifier
-    if callable(identifier) and not isinstance(identifier, type):
-        return LossFunctionWrapper(identifier)
-    raise TypeError(f"loss must be a string, a Loss instance or a function (y_true, y_pred). "
-                    f"Received: loss={identifier!r}")
-
-
-def serialize(loss: Loss) -> dict:
-    return serialization.serialize_keras_object(loss)
-
-
-def deserialize(config: str | dict, custom_objects: dict | None = None) -> Loss:
-    return get(config, custom_objects)
