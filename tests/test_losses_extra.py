@@ -223,3 +223,28 @@ def test_float32_values_stay_float32():
     p = RNG.normal(size=(4, 3)).astype(np.float32)
     assert losses.LogCosh().call(p * 0, p).dtype == np.float32
     assert backend.floatx() == "float32"
+
+
+# ------------------------------------------------------- sparse categorical crossentropy ignore_class
+def test_sparse_categorical_crossentropy_ignore_class():
+    labels = RNG.integers(4, size=(5, 6))
+    labels[0, :2] = labels[3, 4] = -1
+    logits = RNG.normal(size=(5, 6, 4))
+    loss = losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=-1)
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    valid = labels != -1
+    entries = np.where(valid, -np.take_along_axis(log_p, np.where(valid, labels, 0)[..., None], -1)[..., 0], 0)
+    np.testing.assert_allclose(loss.call(labels, logits), entries.mean(axis=1), rtol=1e-12)
+    # A direct call's mean divides by the valid entries only (Keras 3's masked mean).
+    assert loss(labels, logits) == pytest.approx(entries.sum() / valid.sum(), rel=1e-12)
+    for probabilities in (False, True):
+        checked = losses.SparseCategoricalCrossentropy(ignore_class=-1) if probabilities else loss
+        y_pred = np.exp(log_p) if probabilities else logits
+        result = check_loss_gradients(checked, labels, y_pred)
+        assert result.max_error <= 1e-6, str(result)
+        assert not checked.gradient(labels, y_pred)[~valid].any()  # ignored entries get no gradient
+    loss.check_targets(labels, (None, 6, 4))  # the ignored label is accepted
+    restored = losses.deserialize(losses.serialize(loss))
+    assert restored.ignore_class == -1
+    with pytest.raises(ValueError, match="Received: ignore_class=0.5"):
+        losses.SparseCategoricalCrossentropy(ignore_class=0.5)
