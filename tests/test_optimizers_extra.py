@@ -208,3 +208,46 @@ def test_schedules_save_and_drive_an_optimizer(schedule):
     optimizer = optimizers.deserialize(optimizers.serialize(optimizers.Lion(schedule)))
     optimizer.iterations = 13
     assert optimizer.learning_rate == pytest.approx(schedule(13))
+
+
+# ------------------------------------------------------------------------ exponential moving average
+def _with_ema(rule, momentum, overwrite=None):
+    """Keras 3's use_ema after each update: average = m * average + (1 - m) * w (m = 0 at the first
+    step); every ``overwrite`` steps the weights take the average."""
+    def update(w, g, s, lr, t):
+        rule(w, g, s, lr, t)
+        m = momentum if t > 1 else 0.0
+        s["ema"] = m * s.get("ema", np.zeros_like(w)) + (1 - m) * w
+        if overwrite and t % overwrite == 0:
+            w[...] = s["ema"]
+    return update
+
+
+@pytest.mark.parametrize("overwrite", [None, 2])
+def test_ema_matches_keras(overwrite):
+    gradients = _gradients()
+    optimizer = optimizers.Adamax(0.05, use_ema=True, ema_momentum=0.7, ema_overwrite_frequency=overwrite)
+    history = run_distnn(optimizer, gradients)
+    assert_same(history, run_reference(_with_ema(adamax(0.05), 0.7, overwrite), gradients))
+    # The average itself is a saved slot, equal to the reference's.
+    params, rule, slots = np.random.default_rng(42).normal(size=SIZE), _with_ema(adamax(0.05), 0.7, overwrite), {}
+    for t, g in enumerate(gradients, start=1):
+        rule(params, g, slots, None, t)
+    np.testing.assert_allclose(optimizer.get_state()["ema"], slots["ema"], rtol=1e-12)
+    assert not np.allclose(slots["ema"], history[-1]) or overwrite == 2  # step 6 overwrote the weights
+
+
+def test_fit_ends_on_the_moving_average_and_configs_keep_ema():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 3)).astype("float32")
+    y = x.sum(axis=1, keepdims=True)
+    model = Sequential([Dense(1)])
+    model.compile(optimizer=optimizers.SGD(0.05, use_ema=True, ema_momentum=0.5), loss="mse")
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    np.testing.assert_array_equal(model.params, model.optimizer.slots["ema"])
+    config = optimizers.serialize(model.optimizer)["config"]
+    assert (config["use_ema"], config["ema_momentum"], config["ema_overwrite_frequency"]) == (True, 0.5, None)
+    with pytest.raises(ValueError, match="needs use_ema=True"):
+        optimizers.Adam(ema_overwrite_frequency=3)
+    with pytest.raises(ValueError, match="ema_momentum"):
+        optimizers.Adam(use_ema=True, ema_momentum=1.5)

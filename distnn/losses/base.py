@@ -239,8 +239,9 @@ class SparseCategoricalCrossentropy(Loss):
         labels = y_true if self.ignore_class is None else y_true[y_true != self.ignore_class]
         if labels.size and (labels.min() < 0 or labels.max() >= output_shape[-1]
                             or not bool(xp.all(labels == xp.round(labels)))):
-            raise ValueError(f"{self.name}: labels must be integers in [0, {output_shape[-1]}) (or ignore_class="
-                             f"{self.ignore_class}). Received values in [{float(labels.min())}, {float(labels.max())}]")
+            ignored = "" if self.ignore_class is None else f" or ignore_class={self.ignore_class}"
+            raise ValueError(f"{self.name}: labels must be integers in [0, {output_shape[-1]}){ignored}. Received "
+                             f"values in [{float(labels.min())}, {float(labels.max())}]")
 
     def get_config(self):
         return {**super().get_config(), "from_logits": self.from_logits, "ignore_class": self.ignore_class}
