@@ -27,7 +27,8 @@ _CLASSES: dict[str, type[Metric]] = {
     "precision": Precision, "recall": Recall, "auc": AUC, "f1_score": F1Score, "fbeta_score": FBetaScore,
     "root_mean_squared_error": RootMeanSquaredError, "rmse": RootMeanSquaredError, "r2_score": R2Score,
     "sparse_top_k_categorical_accuracy": SparseTopKCategoricalAccuracy,
-    "categorical_crossentropy": CategoricalCrossentropy, "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
+    "categorical_crossentropy": CategoricalCrossentropy,
+    "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
     "binary_crossentropy": BinaryCrossentropy, "cosine_similarity": CosineSimilarity, "logcosh": LogCoshError,
     "log_cosh_error": LogCoshError,
 }
