@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from distnn import backend
-from distnn.arguments import check_optional_real, check_real
+from distnn.arguments import check_integer, check_optional_real, check_real
 from distnn.optimizers import schedules
 
 
@@ -28,12 +28,18 @@ class Optimizer:
         clipvalue: clip every gradient element to ``[-clipvalue, clipvalue]``.
         global_clipnorm: clip the whole gradient to this L2 norm.
         weight_decay: decoupled weight decay (``w -= lr * weight_decay * w`` before the update).
+        use_ema: keep an exponential moving average of the weights (a flat slot ``ema``, saved with
+            the rest); ``fit`` ends by writing it into the weights (Keras'
+            ``finalize_variable_values``).
+        ema_momentum: the average's momentum (the first step takes the weights as they are).
+        ema_overwrite_frequency: every this many steps, write the average into the weights.
     """
 
     slot_names: tuple[str, ...] = ()  # names of the flat state arrays, e.g. ("momentum",)
 
     def __init__(self, learning_rate: Any = 0.001, clipnorm: float | None = None, clipvalue: float | None = None,
-                 global_clipnorm: float | None = None, weight_decay: float | None = None, name: str | None = None):
+                 global_clipnorm: float | None = None, weight_decay: float | None = None, use_ema: bool = False,
+                 ema_momentum: float = 0.99, ema_overwrite_frequency: int | None = None, name: str | None = None):
         if sum(c is not None for c in (clipnorm, clipvalue, global_clipnorm)) > 1:
             raise ValueError("Only one of clipnorm, clipvalue and global_clipnorm can be set. Received: "
                              f"clipnorm={clipnorm}, clipvalue={clipvalue}, global_clipnorm={global_clipnorm}")
@@ -42,6 +48,14 @@ class Optimizer:
         self.clipvalue = check_optional_real("clipvalue", clipvalue, minimum=0, above_minimum=True)
         self.global_clipnorm = check_optional_real("global_clipnorm", global_clipnorm, minimum=0, above_minimum=True)
         self.weight_decay = check_optional_real("weight_decay", weight_decay, minimum=0)
+        self.use_ema = bool(use_ema)
+        self.ema_momentum = check_real("ema_momentum", ema_momentum, 0, 1)
+        if ema_overwrite_frequency is not None:
+            ema_overwrite_frequency = check_integer("ema_overwrite_frequency", ema_overwrite_frequency, 1)
+            if not self.use_ema:
+                raise ValueError("ema_overwrite_frequency needs use_ema=True. Received: "
+                                 f"ema_overwrite_frequency={ema_overwrite_frequency}, use_ema={use_ema}")
+        self.ema_overwrite_frequency = ema_overwrite_frequency
         self.learning_rate = learning_rate
         self.name = name or type(self).__name__.lower()
         self.iterations = 0
@@ -80,15 +94,18 @@ class Optimizer:
         # Per-variable index arrays for clipnorm, made once rather than on every step.
         self._segment_starts = xp.asarray([start for start, _ in segments], dtype=np.int64)
         self._segment_sizes = xp.asarray([size for _, size in segments], dtype=np.int64)
-        self.slots = {name: self._initial_slot(name, params, xp) for name in self.slot_names}
+        self.slots = {name: self._initial_slot(name, params, xp) for name in self._all_slot_names()}
         self._scratch = xp.empty_like(params)
 
     def _initial_slot(self, name: str, params: Any, xp: Any) -> Any:
         return xp.zeros_like(params)
 
+    def _all_slot_names(self) -> tuple[str, ...]:
+        return (*self.slot_names, "ema") if self.use_ema else tuple(self.slot_names)
+
     @property
     def built(self) -> bool:
-        return len(self.slots) == len(self.slot_names) and hasattr(self, "_scratch")
+        return len(self.slots) == len(self._all_slot_names()) and hasattr(self, "_scratch")
 
     def state_items(self) -> list[tuple[str, Any]]:
         """The state as ``(name, array)`` pairs, not copied: the flat slots (on the device), then
@@ -101,7 +118,7 @@ class Optimizer:
         return {name: np.array(backend.to_numpy(value)) for name, value in self.state_items()}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        for name in self.slot_names:
+        for name in self._all_slot_names():
             if name not in state:
                 raise ValueError(f"{type(self).__name__} state is missing {name!r}. Received keys: {sorted(state)}")
             if tuple(np.shape(state[name])) != tuple(self.slots[name].shape):
@@ -127,7 +144,24 @@ class Optimizer:
         if self.weight_decay:
             params *= 1.0 - lr * self.weight_decay
         self._update(params, grads, lr)
+        if self.use_ema:
+            self._update_moving_average(params)
         self.iterations += 1
+
+    def _update_moving_average(self, params: Any) -> None:
+        """Keras 3: ``ema = m * ema + (1 - m) * w`` with m = 0 on the first step, then every
+        ``ema_overwrite_frequency`` steps the weights take the average."""
+        ema = self.slots["ema"]
+        momentum = self.ema_momentum if self.iterations else 0.0
+        ema *= momentum
+        ema += (1 - momentum) * params
+        if self.ema_overwrite_frequency and (self.iterations + 1) % self.ema_overwrite_frequency == 0:
+            params[...] = ema
+
+    def finalize_variable_values(self, params: Any) -> None:
+        """With ``use_ema``, write the moving average into ``params`` (``fit`` calls this at its end)."""
+        if self.use_ema and self.built:
+            params[...] = self.slots["ema"]
 
     def _update(self, params: Any, grads: Any, lr: float) -> None:
         raise NotImplementedError
@@ -154,7 +188,8 @@ class Optimizer:
         elif callable(lr):
             raise ValueError(f"Cannot serialize the learning-rate callable {lr!r}: use a LearningRateSchedule")
         return {"name": self.name, "learning_rate": lr, "clipnorm": self.clipnorm, "clipvalue": self.clipvalue,
-                "global_clipnorm": self.global_clipnorm, "weight_decay": self.weight_decay}
+                "global_clipnorm": self.global_clipnorm, "weight_decay": self.weight_decay, "use_ema": self.use_ema,
+                "ema_momentum": self.ema_momentum, "ema_overwrite_frequency": self.ema_overwrite_frequency}
 
     @classmethod
     def from_config(cls, config: dict, custom_objects: dict | None = None) -> "Optimizer":
