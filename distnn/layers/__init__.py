@@ -7,6 +7,8 @@ from distnn.layers.merging import (Add, Average, Concatenate, Maximum, Minimum, 
 from distnn.layers.normalization import BatchNormalization, Normalization
 from distnn.layers.embedding import Embedding, Masking
 from distnn.layers.recurrent_cells import GRU, LSTM, SimpleRNN
+from distnn.layers.reshaping import Permute, RepeatVector
+from distnn.layers.wrappers import Bidirectional, TimeDistributed
 from distnn.layers.pooling import (
     AveragePooling1D, AveragePooling2D, AvgPool1D, AvgPool2D, GlobalAveragePooling1D, GlobalAveragePooling2D,
     GlobalAvgPool1D, GlobalAvgPool2D, GlobalMaxPool1D, GlobalMaxPool2D, GlobalMaxPooling1D, GlobalMaxPooling2D,
@@ -20,4 +22,5 @@ __all__ = ["Layer", "Variable", "register_serializable", "Input", "InputLayer", 
            "GlobalMaxPooling1D", "GlobalMaxPooling2D", "MaxPool1D", "MaxPool2D", "MaxPooling1D", "MaxPooling2D",
            "ZeroPadding1D", "ZeroPadding2D", "Add", "Average", "Concatenate", "Maximum", "Minimum", "Multiply",
            "Subtract", "add", "average", "concatenate", "maximum", "minimum", "multiply", "subtract",
-           "Embedding", "Masking", "SimpleRNN", "LSTM", "GRU"]
+           "Embedding", "Masking", "SimpleRNN", "LSTM", "GRU", "Bidirectional", "TimeDistributed", "RepeatVector",
+           "Permute"]

@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 
 from distnn import activations, backend, initializers, regularizers
-from distnn.layers.base import Layer, _fused_vjp
+from distnn.layers.base import Layer, _context, _fused_vjp
 from distnn.ops import core as tape_core
+from distnn.ops import nn as ops_nn
 from distnn.ops import numpy as ops_np
 from distnn.ops.core import defop, value_of
 from distnn.utils import global_rng
@@ -43,13 +44,13 @@ def check_rate(value: Any, name: str) -> float:
     return float(value)
 
 
-def record_masks(layer: Layer, context_masks: dict, outputs: Any, out_mask: Any) -> None:
+def record_masks(outputs: Any, out_mask: Any) -> None:
     """Give each output its own mask when ``compute_mask`` returns one per output (``return_state``)."""
     flat = outputs if isinstance(outputs, (list, tuple)) else [outputs]
     masks = out_mask if isinstance(out_mask, (list, tuple)) and len(out_mask) == len(flat) else [out_mask] * len(flat)
     for out, mask in zip(flat, masks):
         if mask is not None:
-            context_masks[id(out)] = mask
+            _context.masks[id(out)] = mask
 
 
 @defop
@@ -65,8 +66,6 @@ def _(node, g):
 
 def activate(activation: Any, x: Any) -> Any:
     """``activation(x)`` on the tape: the ops of ``distnn.ops`` for the common activations."""
-    from distnn.ops import nn as ops_nn  # noqa: PLC0415 - small; keeps this module's imports flat
-
     if activation.name == "linear":
         return x
     simple = {"tanh": ops_np.tanh, "sigmoid": ops_nn.sigmoid, "relu": ops_nn.relu}.get(activation.name)
@@ -171,9 +170,7 @@ class Recurrent(Layer):
         return [output_mask] + [None] * self.state_count if self.return_state else output_mask
 
     def _record_mask(self, inputs: Any, outputs: Any, mask: Any) -> None:
-        from distnn.layers.base import _context  # noqa: PLC0415 - the call context's mask table
-
-        record_masks(self, _context.masks, outputs, self.compute_mask(inputs, mask))
+        record_masks(outputs, self.compute_mask(inputs, mask))
 
     # ------------------------------------------------------------------------------- calls
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
