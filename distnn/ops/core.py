@@ -140,8 +140,10 @@ class Tape:
                 g = _parent_grad(grads, parent)
                 if g is not None:
                     # Owned only if this VJP made it and handed it to one parent: ``add`` returns its
-                    # incoming gradient to both inputs, and then neither may overwrite it.
-                    owned = g is not grad and sum(other is g for other in returned) == 1
+                    # incoming gradient to both inputs, and then neither may overwrite it; ``reshape``
+                    # and ``transpose`` return views of it, which are no more the parent's own.
+                    owned = g is not grad and sum(other is g for other in returned) == 1 and \
+                        not backend.get_array_module(g).may_share_memory(g, grad)
                     accumulate(parent[-1], g, owned)
         for leaf in self.watched.values():
             if leaf.grad is not None:
