@@ -319,6 +319,7 @@ class Recurrent(Layer):
         xp.matmul(inputs.reshape(-1, features), self.kernel.value, out=projected.reshape(-1, width))
         if self.bias is not None:
             projected += self._input_bias(self.bias.value)
+        self._training = bool(training)
         final = self._forward_loop(projected, states)
         return self._outputs(final, training)
 
@@ -377,15 +378,15 @@ class Recurrent(Layer):
         if self._keep is not None:
             backend.get_array_module(new).copyto(new, old, where=~self._keep[t])
 
-    def _split_masked_grad(self, t: int, grad: Any, passed: Any) -> None:
+    def _split_masked_grad(self, t: int, grad: Any, passed: Any) -> bool:
         """At a masked step the state's gradient goes straight to the previous state (into ``passed``)
-        and none reaches the cell; unmasked samples the other way round."""
+        and none reaches the cell; unmasked samples the other way round. False without a mask."""
         if self._keep is None:
-            passed.fill(0)
-            return
+            return False
         keep = self._keep_float[t]
         backend.get_array_module(grad).multiply(grad, 1 - keep, out=passed)
         grad *= keep
+        return True
 
     def _forward_loop(self, projected: Any, states: list) -> list:
         raise NotImplementedError

@@ -92,10 +92,11 @@ class SimpleRNN(Recurrent):
                 xp.add(dh, sequence_grad[t], out=g)
             else:
                 g[...] = dh
-            self._split_masked_grad(t, g, passed)
+            masked = self._split_masked_grad(t, g, passed)
             _backward_activation(self.activation, g, pre[t], hs[t + 1])
             xp.matmul(g, recurrent_t, out=dh)
-            dh += passed
+            if masked:
+                dh += passed
         xp.matmul(hs[:-1].reshape(-1, units).T, grads.reshape(-1, units), out=self.recurrent_kernel.grad)
         return grads, [dh]
 
@@ -193,21 +194,41 @@ class LSTM(Recurrent):
         cs = self._cs = self._buffer("cs", (steps + 1, batch, units))
         tanh_c = self._tanh_c = self._buffer("tanh_c", (steps, batch, units))
         hs[0], cs[0] = states
-        gate_pre = self._buffer("pre", projected.shape) if self.recurrent_activation.needs_input or \
-            self.activation.needs_input else None
-        self._gate_pre = gate_pre
         product = self._buffer("product", (batch, 4 * units))
         scratch = self._buffer("scratch", (batch, units))
         recurrent = self.recurrent_kernel.value
-        act, rec = self.activation, self.recurrent_activation
+        act = self.activation
+        fast = type(act) is activations.Tanh and type(self.recurrent_activation) is activations.Sigmoid
+        self._gate_pre = self._derivatives = None
+        if fast:
+            # sigmoid(a) = 0.5 * tanh(a / 2) + 0.5: with the columns of i, f and o halved, one tanh covers
+            # the four gates, and its square gives every gate's derivative for backward in three passes
+            # (instead of nine on the activated gates): 43 -> 27 array operations per step.
+            half = xp.full(4 * units, 0.5, dtype=self.dtype)
+            half[2 * units:3 * units] = 1
+            projected *= half
+            recurrent = recurrent * half
+            if self._training:
+                self._derivatives = self._buffer("derivatives", projected.shape)
+                slopes = half * half  # d sigmoid = (1 - tanh^2) / 4, d tanh = 1 - tanh^2
+        elif self.recurrent_activation.needs_input or act.needs_input:
+            self._gate_pre = self._buffer("pre", projected.shape)
         for t in range(steps):
             z = projected[t]  # becomes the gates i, f, c, o in place
             xp.matmul(hs[t], recurrent, out=product)
             z += product
-            keep = None if gate_pre is None else gate_pre[t]
-            _apply_activation(rec, z[:, :2 * units], None if keep is None else keep[:, :2 * units])
-            _apply_activation(act, z[:, 2 * units:3 * units], None if keep is None else keep[:, 2 * units:3 * units])
-            _apply_activation(rec, z[:, 3 * units:], None if keep is None else keep[:, 3 * units:])
+            if fast:
+                xp.tanh(z, out=z)
+                if self._derivatives is not None:
+                    slope = self._derivatives[t]
+                    xp.multiply(z, z, out=slope)
+                    xp.subtract(1, slope, out=slope)
+                    slope *= slopes
+                for sigmoid_gates in (z[:, :2 * units], z[:, 3 * units:]):
+                    sigmoid_gates *= 0.5
+                    sigmoid_gates += 0.5
+            else:
+                self._activate_gates(t, z)
             i, f, g, o = (z[:, k * units:(k + 1) * units] for k in range(4))
             xp.multiply(f, cs[t], out=cs[t + 1])
             xp.multiply(i, g, out=scratch)
@@ -219,45 +240,57 @@ class LSTM(Recurrent):
         self._gates = projected
         return [hs[steps], cs[steps]]
 
+    def _activate_gates(self, t: int, z: Any) -> None:
+        """Any activations, in place on each gate's columns (keeping pre-activations if needed)."""
+        units, pre = self.units, self._gate_pre
+        for columns, activation in ((slice(0, 2 * units), self.recurrent_activation),
+                                    (slice(2 * units, 3 * units), self.activation),
+                                    (slice(3 * units, 4 * units), self.recurrent_activation)):
+            _apply_activation(activation, z[:, columns], None if pre is None else pre[t][:, columns])
+
+    def _gate_derivatives(self, t: int, da: Any, z: Any) -> None:
+        """From dL/d(gates) to dL/d(pre-activations), in place on ``da``."""
+        if self._derivatives is not None:
+            da *= self._derivatives[t]
+            return
+        units, pre = self.units, self._gate_pre
+        for columns, activation in ((slice(0, 2 * units), self.recurrent_activation),
+                                    (slice(2 * units, 3 * units), self.activation),
+                                    (slice(3 * units, 4 * units), self.recurrent_activation)):
+            _backward_activation(activation, da[:, columns], None if pre is None else pre[t][:, columns],
+                                 z[:, columns])
+
     def _backward_loop(self, sequence_grad, carry):
         xp = backend.get_array_module(carry[0])
-        hs, cs, tanh_c, gates, gate_pre = self._hs, self._cs, self._tanh_c, self._gates, self._gate_pre
+        hs, cs, tanh_c, gates = self._hs, self._cs, self._tanh_c, self._gates
         steps, batch, width = gates.shape
         units = self.units
         grads = self._buffer("grads", gates.shape)
-        dh_step = self._buffer("dh_step", (batch, units))
-        dc_step = self._buffer("dc_step", (batch, units))
+        scratch = self._buffer("scratch", (batch, units))
         h_passed = self._buffer("h_passed", (batch, units))
         c_passed = self._buffer("c_passed", (batch, units))
-        dh, dc = carry
+        dh, dc = carry  # the gradients of h_t and c_t, updated in place step by step
         recurrent_t = self.recurrent_kernel.value.T
-        act, rec = self.activation, self.recurrent_activation
         for t in reversed(range(steps)):
             if sequence_grad is not None:
-                xp.add(dh, sequence_grad[t], out=dh_step)
-            else:
-                dh_step[...] = dh
-            dc_step[...] = dc
-            self._split_masked_grad(t, dh_step, h_passed)
-            self._split_masked_grad(t, dc_step, c_passed)
+                dh += sequence_grad[t]
+            masked = self._split_masked_grad(t, dh, h_passed)
+            self._split_masked_grad(t, dc, c_passed)
             z, da = gates[t], grads[t]
-            pre = None if gate_pre is None else gate_pre[t]
             i, f, g, o = (z[:, k * units:(k + 1) * units] for k in range(4))
-            xp.multiply(dh_step, tanh_c[t], out=da[:, 3 * units:])  # d o
-            xp.multiply(dh_step, o, out=dh)  # dh is free until the GEMM below: d tanh(c) there
-            _backward_activation(act, dh, cs[t + 1], tanh_c[t])
-            dc_step += dh
-            xp.multiply(dc_step, g, out=da[:, :units])  # d i
-            xp.multiply(dc_step, cs[t], out=da[:, units:2 * units])  # d f
-            xp.multiply(dc_step, i, out=da[:, 2 * units:3 * units])  # d candidate
-            _backward_activation(rec, da[:, :2 * units], None if pre is None else pre[:, :2 * units], z[:, :2 * units])
-            _backward_activation(act, da[:, 2 * units:3 * units], None if pre is None else pre[:, 2 * units:3 * units],
-                                 g)
-            _backward_activation(rec, da[:, 3 * units:], None if pre is None else pre[:, 3 * units:], o)
-            xp.multiply(dc_step, f, out=dc)
-            dc += c_passed
-            xp.matmul(da, recurrent_t, out=dh)
-            dh += h_passed
+            xp.multiply(dh, tanh_c[t], out=da[:, 3 * units:])  # d o
+            xp.multiply(dh, o, out=scratch)
+            _backward_activation(self.activation, scratch, cs[t + 1], tanh_c[t])
+            dc += scratch  # the whole gradient of the new cell state
+            xp.multiply(dc, g, out=da[:, :units])  # d i
+            xp.multiply(dc, cs[t], out=da[:, units:2 * units])  # d f
+            xp.multiply(dc, i, out=da[:, 2 * units:3 * units])  # d candidate
+            self._gate_derivatives(t, da, z)
+            dc *= f
+            xp.matmul(da, recurrent_t, out=dh)  # one GEMM for the four gates
+            if masked:
+                dc += c_passed
+                dh += h_passed
         xp.matmul(hs[:-1].reshape(-1, units).T, grads.reshape(-1, width), out=self.recurrent_kernel.grad)
         return grads, [dh, dc]
 
@@ -389,7 +422,7 @@ class GRU(Recurrent):
                 xp.add(dh, sequence_grad[t], out=dh_step)
             else:
                 dh_step[...] = dh
-            self._split_masked_grad(t, dh_step, passed)
+            masked = self._split_masked_grad(t, dh_step, passed)
             z_all = gates[t]
             pre = None if gate_pre is None else gate_pre[t]
             z, r, candidate = (z_all[:, k * units:(k + 1) * units] for k in range(3))
@@ -415,7 +448,8 @@ class GRU(Recurrent):
                 d_reset_state *= r
                 dh += d_reset_state
             dh += scratch  # dh_step * z
-            dh += passed
+            if masked:
+                dh += passed
         previous = hs[:-1].reshape(-1, units)
         if self.reset_after:
             xp.matmul(previous.T, recurrent_grads.reshape(-1, width), out=self.recurrent_kernel.grad)
