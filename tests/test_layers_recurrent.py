@@ -10,7 +10,7 @@ from distnn import backend, ops
 from distnn.layers import (GRU, LSTM, Bidirectional, Dense, Embedding, Input, Layer, Masking, Permute, RepeatVector,
                            SimpleRNN, TimeDistributed)
 from distnn.layers.wrappers import deserialize, serialize
-from distnn.models import Model, Sequential, load_model
+from distnn.models import Model, load_model
 from distnn.ops import Tape, Tensor
 from distnn.optimizers import Adam
 from distnn.utils import check_layer_gradients, set_random_seed

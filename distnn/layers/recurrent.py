@@ -174,10 +174,11 @@ class Recurrent(Layer):
 
     # ------------------------------------------------------------------------------- calls
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if len(args) > 1:  # Keras: layer(sequences, initial_state)
-            if "initial_state" in kwargs:
-                raise TypeError(f"{self.name}: initial_state given both positionally and by keyword")
-            args, kwargs = args[:1] + args[2:], {**kwargs, "initial_state": args[1]}
+        if len(args) > 2 or (len(args) == 2 and "initial_state" in kwargs):
+            raise TypeError(f"{self.name}: call the layer as layer(sequences, initial_state=None, mask=None, "
+                            f"training=None); received {len(args)} positional arguments")
+        if len(args) == 2:  # Keras: layer(sequences, initial_state)
+            args, kwargs = args[:1], {**kwargs, "initial_state": args[1]}
         return super().__call__(*args, **kwargs)
 
     def _uses_reference(self, training: bool) -> bool:
