@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from conftest import REPO_ROOT, load_example, run_mpi, run_python
 from distnn.models import load_model
@@ -10,6 +11,7 @@ SCRIPT = str(Path(__file__).parent / "mpi_scripts" / "train_sequence_parity.py")
 EXAMPLE = str(REPO_ROOT / "examples" / "lstm_mnist_rows.py")
 
 
+@pytest.mark.timeout(900)  # 17 s of CPU time, but a 2-core machine shared with other jobs took 300 s
 def test_lstm_reading_mnist_rows_reaches_95_percent(capsys):
     accuracy = load_example("lstm_mnist_rows").main(["--verbose", "1"])
     assert accuracy >= 0.95, accuracy
