@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
-from distnn import backend, ops
+from distnn import backend, initializers, ops
 from distnn.layers import (GRU, LSTM, Bidirectional, Dense, Embedding, Input, Layer, Masking, Permute, RepeatVector,
                            SimpleRNN, TimeDistributed)
 from distnn.layers.wrappers import deserialize, serialize
@@ -234,6 +234,11 @@ def test_orthogonal_recurrent_initializer():
     layer.build((None, T, F))
     recurrent = layer.recurrent_kernel.numpy()  # (U, 3U): orthonormal rows
     np.testing.assert_allclose(recurrent @ recurrent.T, np.eye(U), atol=1e-12)
+    tall = initializers.get({"class_name": "Orthogonal", "config": {"gain": 2.0, "seed": 1}})((9, 4), "float64")
+    np.testing.assert_allclose(tall.T @ tall, 4 * np.eye(4), atol=1e-12)  # orthogonal columns, scaled by the gain
+    assert tall.flags.c_contiguous
+    assert initializers.serialize(initializers.get("orthogonal"))["class_name"] == "Orthogonal"
+    assert isinstance(initializers.get("uniform"), initializers.RandomUniform)  # Keras 3's alias
 
 
 # ------------------------------------------------------------------------------------ masks and states
