@@ -400,3 +400,15 @@ def test_a_view_of_a_shared_gradient_is_not_overwritten_by_a_fused_layer():
         grads.append([first.kernel.grad.copy(), second.kernel.grad.copy(), leaf.grad])
     for got, want in zip(*grads):
         np.testing.assert_allclose(got, want, atol=1e-12)
+
+
+def test_time_distributed_recurrent_layer_gets_each_steps_mask():
+    """A 3-D mask (batch, outer steps, inner steps) reaches the wrapped layer one outer step at a time."""
+    x = _x(shape=(2, 3, 4, F))
+    mask = np.ones((2, 3, 4), dtype=bool)
+    mask[0, 1, 2:] = False
+    inner = GRU(U)
+    wrapped = TimeDistributed(inner)
+    got = wrapped(x, mask=mask)
+    np.testing.assert_allclose(got[0, 1], inner(x[0:1, 1, :2])[0], atol=1e-12)  # the padded steps are skipped
+    assert wrapped.compute_mask(x, mask) is mask

@@ -217,8 +217,9 @@ class TimeDistributed(Layer):
     def call(self, inputs, training=None, mask=None):
         batch, steps, *rest = np.shape(value_of(inputs))
         kwargs: dict[str, Any] = {} if training is None else {"training": training}
-        if mask is not None and _accepts(self.layer.call, "mask"):
-            kwargs["mask"] = value_of(mask).reshape(batch * steps, *np.shape(value_of(mask))[2:])
+        mask = None if mask is None else value_of(mask)
+        if mask is not None and mask.ndim > 2 and _accepts(self.layer.call, "mask"):  # a mask inside each step
+            kwargs["mask"] = mask.reshape(batch * steps, *mask.shape[2:])
         outputs = self.layer(ops_np.reshape(inputs, (batch * steps, *rest)), **kwargs)
         return ops_np.reshape(outputs, (batch, steps, *np.shape(value_of(outputs))[1:]))
 
