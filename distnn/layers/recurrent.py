@@ -261,7 +261,7 @@ class Recurrent(Layer):
         if tuple(np.shape(mask)) != (batch, steps):
             raise ValueError(f"A recurrent layer's mask must have shape (batch, timesteps) = ({batch}, {steps}). "
                              f"Received: {tuple(np.shape(mask))}")
-        return mask.astype(bool, copy=False)
+        return backend.to_device(mask).astype(bool, copy=False)
 
     # -------------------------------------------------------------------- reference (tape)
     def _reference_call(self, sequences, initial_state=None, mask=None, training=False):
