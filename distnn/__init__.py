@@ -1,7 +1,8 @@
 """distnn: Keras-style deep learning on numpy/cupy with exact data-parallel training over MPI.
 
-``import distnn`` stays light: MPI is initialised only by ``distnn.distributed`` when the process
-was started by an MPI launcher, and cupy only when a GPU is selected.
+``import distnn`` stays light: MPI is initialised only when the process was started by an MPI
+launcher (then at once, so that any later failure ends the whole job), and cupy only when a GPU
+is selected.
 """
 from distnn import (activations, backend, callbacks, constraints, initializers, layers, losses, metrics, ops,
                     optimizers, random, regularizers, saving, utils)
@@ -14,7 +15,8 @@ __all__ = ["activations", "backend", "callbacks", "constraints", "initializers",
            "optimizers", "random", "regularizers", "saving", "utils", "Input", "Layer", "Model", "Sequential",
            "load_model", "__version__"]
 
-# Under an MPI launcher, an exception raised before training starts must still end every rank.
-from distnn.distributed.world import install_early_abort_hook  # noqa: E402
+# Under an MPI launcher, MPI starts now: from here on, a rank that fails, stalls or leaves early
+# ends the whole job instead of leaving the others waiting (docs/architecture.md, "Reliability").
+from distnn.distributed.world import start_under_launcher  # noqa: E402
 
-install_early_abort_hook()
+start_under_launcher()

@@ -274,6 +274,236 @@ class HardSigmoid(ActivationFunction):
         return grad
 
 
+class ReLU6(ActivationFunction):
+    """``min(max(x, 0), 6)``."""
+
+    name = "relu6"
+    needs_input = False
+
+    def forward(self, x, out=None):
+        return get_array_module(x).clip(x, 0, 6, out=out)
+
+    def backward(self, grad, x, y):
+        grad *= (y > 0) & (y < 6)
+        return grad
+
+
+class Exponential(ActivationFunction):
+    name = "exponential"
+    needs_input = False
+
+    def forward(self, x, out=None):
+        return get_array_module(x).exp(x, out=out)
+
+    def backward(self, grad, x, y):
+        grad *= y
+        return grad
+
+
+class LogSoftmax(ActivationFunction):
+    """``x - logsumexp(x)`` over the last axis (Keras' default ``axis=-1``)."""
+
+    name = "log_softmax"
+    needs_input = False
+
+    def forward(self, x, out=None):
+        xp = get_array_module(x)
+        y = xp.subtract(x, x.max(axis=-1, keepdims=True), out=out)
+        y -= xp.log(xp.exp(y).sum(axis=-1, keepdims=True))
+        return y
+
+    def backward(self, grad, x, y):
+        grad -= get_array_module(y).exp(y) * grad.sum(axis=-1, keepdims=True)
+        return grad
+
+
+class Mish(ActivationFunction):
+    """``x * tanh(softplus(x))``."""
+
+    name = "mish"
+
+    def forward(self, x, out=None):
+        xp = get_array_module(x)
+        return xp.multiply(x, xp.tanh(xp.logaddexp(0, x)), out=out)
+
+    def backward(self, grad, x, y):
+        xp = get_array_module(x)
+        t = xp.tanh(xp.logaddexp(0, x))
+        grad *= t + x * Sigmoid().forward(x) * (1 - t * t)
+        return grad
+
+
+class HardSiLU(ActivationFunction):
+    """``x * relu6(x + 3) / 6`` (Keras' ``hard_silu``, also ``hard_swish``)."""
+
+    name = "hard_silu"
+
+    def forward(self, x, out=None):
+        xp = get_array_module(x)
+        return xp.multiply(x, xp.clip(x / 6 + 0.5, 0, 1), out=out)
+
+    def backward(self, grad, x, y):
+        xp = get_array_module(x)
+        grad *= xp.where(x <= -3, 0.0, xp.where(x >= 3, 1.0, x / 3 + 0.5)).astype(grad.dtype, copy=False)
+        return grad
+
+
+class CELU(ActivationFunction):
+    """``x`` for ``x > 0``, else ``alpha * (exp(x / alpha) - 1)``."""
+
+    name = "celu"
+    needs_input = False  # for x <= 0, dy/dx = exp(x / alpha) = y / alpha + 1
+
+    def __init__(self, alpha: float = 1.0):
+        if alpha <= 0:
+            raise ValueError(f"celu alpha must be > 0. Received: alpha={alpha}")
+        self.alpha = float(alpha)
+
+    def forward(self, x, out=None):
+        xp = get_array_module(x)
+        y = xp.where(x > 0, x, self.alpha * xp.expm1(xp.minimum(x, 0) / self.alpha))
+        return y if out is None else _assign(out, y)
+
+    def backward(self, grad, x, y):
+        xp = get_array_module(grad)
+        grad *= xp.where(y > 0, 1.0, y / self.alpha + 1).astype(grad.dtype, copy=False)
+        return grad
+
+    def get_config(self):
+        return {"alpha": self.alpha}
+
+
+class GLU(ActivationFunction):
+    """Gated linear unit ``a * sigmoid(b)`` where ``a, b`` are the halves of ``x`` along ``axis``;
+    the output has half as many entries along ``axis`` (use it in an ``Activation`` layer)."""
+
+    name = "glu"
+
+    def __init__(self, axis: int = -1):
+        self.axis = int(axis)
+
+    def _halves(self, x: Any) -> tuple:
+        if x.shape[self.axis] % 2:
+            raise ValueError(f"glu splits axis {self.axis} in two halves; it needs an even size. Received: "
+                             f"input of shape {tuple(x.shape)}")
+        return get_array_module(x).split(x, 2, axis=self.axis)
+
+    def forward(self, x, out=None):
+        a, b = self._halves(x)
+        return get_array_module(x).multiply(a, Sigmoid().forward(b), out=out)
+
+    def backward(self, grad, x, y):
+        a, b = self._halves(x)
+        s = Sigmoid().forward(b)
+        return get_array_module(x).concatenate([grad * s, grad * a * s * (1 - s)], axis=self.axis)
+
+    def get_config(self):
+        return {"axis": self.axis}
+
+
+class SparsePlus(ActivationFunction):
+    """0 for ``x <= -1``, ``(x + 1)^2 / 4`` on (-1, 1), ``x`` for ``x >= 1``."""
+
+    name = "sparse_plus"
+
+    def forward(self, x, out=None):
+        xp = get_array_module(x)
+        y = xp.where(x <= -1, 0.0, xp.where(x >= 1, x, (x + 1) ** 2 / 4)).astype(x.dtype, copy=False)
+        return y if out is None else _assign(out, y)
+
+    def backward(self, grad, x, y):
+        grad *= get_array_module(x).clip((x + 1) / 2, 0, 1)
+        return grad
+
+
+class Squareplus(ActivationFunction):
+    """``(x + sqrt(x^2 + b)) / 2``."""
+
+    name = "squareplus"
+
+    def __init__(self, b: float = 4.0):
+        if b < 0:
+            raise ValueError(f"squareplus b must be >= 0. Received: b={b}")
+        self.b = float(b)
+
+    def forward(self, x, out=None):
+        xp = get_array_module(x)
+        return xp.multiply(x + xp.sqrt(x * x + self.b), 0.5, out=out)
+
+    def backward(self, grad, x, y):
+        grad *= 0.5 * (1 + x / get_array_module(x).sqrt(x * x + self.b))
+        return grad
+
+    def get_config(self):
+        return {"b": self.b}
+
+
+class TanhShrink(ActivationFunction):
+    name = "tanh_shrink"
+
+    def forward(self, x, out=None):
+        return get_array_module(x).subtract(x, get_array_module(x).tanh(x), out=out)
+
+    def backward(self, grad, x, y):
+        grad *= get_array_module(x).tanh(x) ** 2
+        return grad
+
+
+class SoftShrink(ActivationFunction):
+    """``x - threshold`` above ``threshold``, ``x + threshold`` below ``-threshold``, else 0."""
+
+    name = "soft_shrink"
+    needs_input = False  # y != 0 exactly where |x| > threshold
+
+    def __init__(self, threshold: float = 0.5):
+        if threshold < 0:
+            raise ValueError(f"{self.name} threshold must be >= 0. Received: threshold={threshold}")
+        self.threshold = float(threshold)
+
+    def forward(self, x, out=None):
+        xp = get_array_module(x)
+        y = xp.sign(x) * xp.maximum(xp.abs(x) - self.threshold, 0)
+        return y if out is None else _assign(out, y)
+
+    def backward(self, grad, x, y):
+        grad *= y != 0
+        return grad
+
+    def get_config(self):
+        return {"threshold": self.threshold}
+
+
+class HardShrink(SoftShrink):
+    """``x`` where ``|x| > threshold``, else 0."""
+
+    name = "hard_shrink"
+
+    def forward(self, x, out=None):
+        xp = get_array_module(x)
+        y = xp.where(xp.abs(x) > self.threshold, x, 0).astype(x.dtype, copy=False)
+        return y if out is None else _assign(out, y)
+
+
+class Threshold(ActivationFunction):
+    """``x`` where ``x > threshold``, else ``default_value`` (both required, as in Keras)."""
+
+    name = "threshold"
+
+    def __init__(self, threshold: float, default_value: float):
+        self.threshold, self.default_value = float(threshold), float(default_value)
+
+    def forward(self, x, out=None):
+        y = get_array_module(x).where(x > self.threshold, x, self.default_value).astype(x.dtype, copy=False)
+        return y if out is None else _assign(out, y)
+
+    def backward(self, grad, x, y):
+        grad *= x > self.threshold
+        return grad
+
+    def get_config(self):
+        return {"threshold": self.threshold, "default_value": self.default_value}
+
+
 _SQRT_2 = 2.0 ** 0.5
 _SQRT_2PI = (2.0 * 3.141592653589793) ** 0.5
 _SQRT_2_OVER_PI = (2.0 / 3.141592653589793) ** 0.5
@@ -286,11 +516,15 @@ def _assign(out: Any, value: Any) -> Any:
 
 _CLASSES: dict[str, type[ActivationFunction]] = {
     cls.name: cls for cls in (Linear, ReLU, LeakyReLU, ELU, SELU, Sigmoid, Tanh, Softmax, Softplus,
-                              Softsign, Swish, GELU, HardSigmoid)
+                              Softsign, Swish, GELU, HardSigmoid, ReLU6, Exponential, LogSoftmax, Mish, HardSiLU,
+                              CELU, SparsePlus, Squareplus, TanhShrink, SoftShrink, HardShrink)
 }
+# Not usable by name alone: glu changes the shape (an Activation layer only), threshold needs arguments.
+_SPECIAL: dict[str, type[ActivationFunction]] = {"glu": GLU, "threshold": Threshold}
 # Keras names ("relu", "silu") and class names ("LeakyReLU"), for names and saved configurations.
-_TABLE: dict[str, type[ActivationFunction]] = {**_CLASSES, "silu": Swish,
-                                               **{cls.__name__: cls for cls in _CLASSES.values()}}
+_TABLE: dict[str, type[ActivationFunction]] = {**_CLASSES, **_SPECIAL, "silu": Swish, "hard_swish": HardSiLU,
+                                               **{cls.__name__: cls for cls in (*_CLASSES.values(),
+                                                                                 *_SPECIAL.values())}}
 serialization.register_builtins("distnn.activations", _TABLE)
 
 
@@ -331,7 +565,7 @@ def get(identifier: str | dict | Callable | ActivationFunction | None) -> Activa
         identifier = resolved
     if callable(identifier) and not isinstance(identifier, type):
         built_in = getattr(identifier, "_activation_name", None)  # distnn.activations.relu and the like
-        return _CLASSES[built_in]() if built_in else _CallableActivation(identifier)
+        return _TABLE[built_in]() if built_in else _CallableActivation(identifier)
     raise TypeError(f"activation must be a string, a callable or None. Received: activation={identifier!r}")
 
 
@@ -352,7 +586,7 @@ def serialize(activation: ActivationFunction) -> str | dict:
             raise ValueError(f"Cannot serialize the custom activation {activation.name!r}: define it as a named "
                              "function or an ActivationFunction subclass, registered with "
                              "@distnn.saving.register_keras_serializable()") from exc
-    if type(activation) not in _CLASSES.values():
+    if type(activation) not in (*_CLASSES.values(), *_SPECIAL.values()):
         return serialization.serialize_keras_object(activation)
     config = activation.get_config()
     return activation.name if not config else {"class_name": activation.name, "config": config}
@@ -360,7 +594,7 @@ def serialize(activation: ActivationFunction) -> str | dict:
 
 def _functional(name: str) -> Callable[..., Any]:
     def fn(x: Any, **kwargs: Any) -> Any:
-        return _CLASSES[name](**kwargs).forward(x)
+        return _TABLE[name](**kwargs).forward(x)
 
     fn.__name__ = name
     fn._activation_name = name
@@ -381,3 +615,16 @@ softsign = _functional("softsign")
 swish = silu = _functional("swish")
 gelu = _functional("gelu")
 hard_sigmoid = _functional("hard_sigmoid")
+relu6 = _functional("relu6")
+exponential = _functional("exponential")
+log_softmax = _functional("log_softmax")
+mish = _functional("mish")
+hard_silu = hard_swish = _functional("hard_silu")
+celu = _functional("celu")
+glu = _functional("glu")
+sparse_plus = _functional("sparse_plus")
+squareplus = _functional("squareplus")
+tanh_shrink = _functional("tanh_shrink")
+soft_shrink = _functional("soft_shrink")
+hard_shrink = _functional("hard_shrink")
+threshold = _functional("threshold")

@@ -133,6 +133,31 @@ class VarianceScaling(Initializer):
         return {**super().get_config(), "scale": self.scale, "mode": self.mode, "distribution": self.distribution}
 
 
+class Orthogonal(Initializer):
+    """Keras' Orthogonal: a (semi-)orthogonal matrix times ``gain`` — the QR factor of a Gaussian matrix
+    with the signs of R's diagonal folded in, so that it is uniformly distributed. Shapes of more than
+    two axes are flattened to (product of all but the last, last)."""
+
+    def __init__(self, gain: float = 1.0, seed: int | None = None):
+        super().__init__(seed)
+        if not math.isfinite(gain):
+            raise ValueError(f"Orthogonal gain must be finite. Received: gain={gain}")
+        self.gain = float(gain)
+
+    def generate(self, shape, rng):
+        if len(shape) < 2:
+            raise ValueError(f"The Orthogonal initializer needs a shape of at least 2 axes. Received: shape={shape}")
+        rows, cols = math.prod(shape[:-1]), shape[-1]
+        q, r = np.linalg.qr(rng.normal(0.0, 1.0, (max(rows, cols), min(rows, cols))))
+        q *= np.sign(np.diag(r))
+        # C order: a transposed Q would reach the layer as a strided view, which in-place updates of a
+        # flat view (gradient checks) would silently miss.
+        return np.ascontiguousarray(self.gain * (q.T if rows < cols else q)).reshape(shape)
+
+    def get_config(self):
+        return {**super().get_config(), "gain": self.gain}
+
+
 def _preset(name: str, scale: float, mode: str, distribution: str) -> type[VarianceScaling]:
     def __init__(self, seed: int | None = None):
         VarianceScaling.__init__(self, scale, mode, distribution, seed)
@@ -153,11 +178,13 @@ LecunUniform = _preset("LecunUniform", 1.0, "fan_in", "uniform")
 
 _BY_NAME: dict[str, type[Initializer]] = {
     "zeros": Zeros, "ones": Ones, "constant": Constant, "random_normal": RandomNormal,
-    "random_uniform": RandomUniform, "variance_scaling": VarianceScaling,
+    "random_uniform": RandomUniform, "variance_scaling": VarianceScaling, "orthogonal": Orthogonal,
     "glorot_uniform": GlorotUniform, "glorot_normal": GlorotNormal, "he_normal": HeNormal,
     "he_uniform": HeUniform, "lecun_normal": LecunNormal, "lecun_uniform": LecunUniform,
 }
-_TABLE: dict[str, type[Initializer]] = {**_BY_NAME, **{cls.__name__: cls for cls in _BY_NAME.values()}}
+_TABLE: dict[str, type[Initializer]] = {**_BY_NAME, **{cls.__name__: cls for cls in _BY_NAME.values()},
+                                        # Keras 3's short aliases (Embedding's default is "uniform")
+                                        "uniform": RandomUniform, "normal": RandomNormal}
 serialization.register_builtins("distnn.initializers", _TABLE)
 
 

@@ -424,6 +424,8 @@ class TrainingMixin:
             cb.on_epoch_end(epoch, epoch_logs)
             if self.stop_training:
                 break
+        if epochs > initial_epoch and not self._stop_now:  # Keras 3: use_ema ends on the moving average
+            self.optimizer.finalize_variable_values(self.params)
         cb.on_train_end()
         return self.history
 

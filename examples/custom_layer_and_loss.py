@@ -9,6 +9,9 @@ and returns dL/dx, and ``get_config`` returns the constructor arguments. A loss 
 ``@register_serializable`` lets ``load_model`` rebuild both from a saved file without
 ``custom_objects``.
 """
+# First: under an MPI launcher this starts MPI, so an error in any later import ends the whole job.
+import distnn  # noqa: F401,I001
+
 import argparse
 import os
 import tempfile

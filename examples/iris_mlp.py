@@ -2,6 +2,9 @@
 
     python examples/iris_mlp.py [--optimizer sgd|adam] [--seed 0]
 """
+# First: under an MPI launcher this starts MPI, so an error in any later import ends the whole job.
+import distnn  # noqa: F401,I001
+
 import argparse
 
 from sklearn.datasets import load_iris

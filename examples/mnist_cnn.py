@@ -7,6 +7,9 @@ distnn ships the 5,000-image MNIST subset (4,000 training / 1,000 test images) o
 ``datasets.mnist()`` replaces ``keras.datasets.mnist.load_data()``; about 97% test accuracy after
 5 epochs.
 """
+# First: under an MPI launcher this starts MPI, so an error in any later import ends the whole job.
+import distnn  # noqa: F401,I001
+
 import argparse
 
 from distnn import datasets, distributed

@@ -3,6 +3,9 @@
     python launch/train_mnist.py
     mpiexec -n 2 python launch/train_mnist.py --backup-dir backups/mnist --save-freq 20
 """
+# First: under an MPI launcher this starts MPI, so an error in any later import ends the whole job.
+import distnn  # noqa: F401,I001
+
 import os
 import sys
 

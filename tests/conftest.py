@@ -4,8 +4,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,6 +51,25 @@ def run_mpi(n: int, args: list[str], **kwargs: object) -> subprocess.CompletedPr
     if mpiexec is None:
         pytest.fail("mpiexec not found: install the test extra (it brings the mpich wheel)")
     return run_command([mpiexec, "-n", str(n), sys.executable, *args], **kwargs)
+
+
+def start_mpi(n: int, args: list, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start ``mpiexec -n n python args...`` in the background (its own session, killable as a group)."""
+    return subprocess.Popen([find_mpiexec(), "-n", str(n), sys.executable, *args], cwd=REPO_ROOT,
+                            env=env or subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> tuple[float, str, str]:
+    """Wait for the job; return (seconds it took, stdout, stderr). A job still running is killed."""
+    start = time.monotonic()
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"the job did not end within {timeout}s:\n{out}\n{err}")
+    return time.monotonic() - start, out, err
 
 
 def run_python(args: list[str], **kwargs: object) -> subprocess.CompletedProcess:

@@ -10,14 +10,13 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, find_mpiexec, run_mpi, run_python, subprocess_env
+from conftest import finish, run_mpi, run_python, start_mpi
 from distnn import datasets
 from distnn.distributed import PREEMPTED_EXIT_CODE
 
@@ -62,13 +61,6 @@ def audit_reports(reports: Path) -> dict[int, tuple[int, list]]:
     return found
 
 
-def start_mpi(n: int, args: list) -> subprocess.Popen:
-    """Start ``mpiexec -n n python args...`` in the background (its own session, killable as a group)."""
-    return subprocess.Popen([find_mpiexec(), "-n", str(n), sys.executable, *args], cwd=REPO_ROOT,
-                            env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-
-
 def wait_for_backup(proc: subprocess.Popen, directory: Path, timeout: float = 60) -> None:
     """Poll until a backup exists in ``directory``; fail if the job ends or the time runs out first."""
     deadline = time.monotonic() + timeout
@@ -79,18 +71,6 @@ def wait_for_backup(proc: subprocess.Popen, directory: Path, timeout: float = 60
         if time.monotonic() > deadline:
             pytest.fail(f"no backup in {directory} after {timeout}s")
         time.sleep(0.005)
-
-
-def finish(proc: subprocess.Popen, timeout: float) -> tuple[float, str, str]:
-    """Wait for the job; return (seconds it took, stdout, stderr). A job still running is killed."""
-    start = time.monotonic()
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"the job did not end within {timeout}s:\n{out}\n{err}")
-    return time.monotonic() - start, out, err
 
 
 def rank_pid(proc: subprocess.Popen, argument: str, rank: int, timeout: float = 60) -> int:

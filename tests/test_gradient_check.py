@@ -114,6 +114,23 @@ LOSS_CASES = [
     ("mae", losses.MeanAbsoluteError(), lambda: RNG.normal(size=(6, 3)), lambda: RNG.normal(size=(6, 3))),
     ("huber", losses.Huber(delta=0.5), lambda: RNG.normal(size=(6, 3)), lambda: RNG.normal(size=(6, 3))),
     ("kld", losses.KLDivergence(), lambda: _probabilities((6, 4)), lambda: _probabilities((6, 4))),
+    # Keras 3's further losses (their values are checked in tests/test_losses_extra.py)
+    *[(type(loss).__name__, loss, y_true, y_pred) for loss, y_true, y_pred in [
+        (losses.MeanAbsolutePercentageError(), lambda: RNG.normal(size=(6, 3)), lambda: RNG.normal(size=(6, 3))),
+        (losses.MeanSquaredLogarithmicError(), lambda: RNG.random((6, 3)), lambda: RNG.random((6, 3)) + 0.01),
+        (losses.LogCosh(), lambda: RNG.normal(size=(6, 3)), lambda: RNG.normal(size=(6, 3))),
+        (losses.Poisson(), lambda: RNG.poisson(2, (6, 3)), lambda: RNG.random((6, 3)) + 0.1),
+        (losses.Hinge(), lambda: (RNG.random((6, 3)) > 0.5) * 1.0, lambda: RNG.normal(size=(6, 3))),
+        (losses.SquaredHinge(), lambda: (RNG.random((6, 3)) > 0.5) * 1.0, lambda: RNG.normal(size=(6, 3))),
+        (losses.CategoricalHinge(), lambda: np.eye(4)[RNG.integers(4, size=6)], lambda: RNG.normal(size=(6, 4))),
+        (losses.CosineSimilarity(), lambda: RNG.normal(size=(6, 3)), lambda: RNG.normal(size=(6, 3))),
+        (losses.CategoricalFocalCrossentropy(), lambda: np.eye(4)[RNG.integers(4, size=6)],
+         lambda: _probabilities((6, 4))),
+        (losses.BinaryFocalCrossentropy(), lambda: (RNG.random((6, 3)) > 0.5) * 1.0,
+         lambda: RNG.uniform(0.05, 0.95, (6, 3))),
+        (losses.Dice(), lambda: (RNG.random((6, 3)) > 0.5) * 1.0, lambda: RNG.random((6, 3))),
+        (losses.Tversky(), lambda: (RNG.random((6, 3)) > 0.5) * 1.0, lambda: RNG.random((6, 3))),
+    ]],
 ]
 
 

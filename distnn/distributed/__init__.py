@@ -18,6 +18,7 @@ Importing this package never imports mpi4py; `init` does, and only under an MPI 
 from distnn.distributed.communicator import (Communicator, MpiCommunicator,
                                              SingleProcessCommunicator, create_communicator)
 from distnn.distributed.compression import Compression, Compressor
+from distnn.distributed.launch_env import LaunchMismatchError
 from distnn.distributed.ring import AutoCommunicator, RingCommunicator
 from distnn.distributed.world import (barrier, get_communicator, is_initialized, is_root, launched_by_mpi,
                                       local_rank, local_size, rank, size)
@@ -38,7 +39,7 @@ __all__ = [
     "init", "is_initialized", "launched_by_mpi", "get_communicator", "rank", "size", "local_rank", "local_size",
     "is_root", "barrier", "allreduce", "broadcast", "allgather", "broadcast_object", "allgather_object",
     "Communicator", "SingleProcessCommunicator", "MpiCommunicator", "RingCommunicator", "AutoCommunicator",
-    "create_communicator", "Compression", "Compressor", "broadcast_weights", "DistributedOptimizer",
+    "create_communicator", "Compression", "Compressor", "LaunchMismatchError", "broadcast_weights", "DistributedOptimizer",
     "BroadcastWeights", "MetricAverage", "LearningRateWarmup", "BackupAndRestore", "PREEMPTED_EXIT_CODE",
     "RankMismatchError", "callbacks", "Average", "Sum", "Adasum", "allreduce_", "broadcast_",
     "broadcast_variables", "cross_rank", "cross_size", "is_homogeneous", "mpi_threads_supported", "mpi_enabled",

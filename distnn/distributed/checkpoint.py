@@ -14,7 +14,9 @@ keeps them, and no backup is written from a non-finite loss on.
 
 SIGTERM and SIGUSR1 (how Slurm and other schedulers announce preemption) ask training to stop at
 the next step boundary: a backup is written there and every rank exits with ``PREEMPTED_EXIT_CODE``.
-See docs/architecture.md, "Reliability: files and backups".
+A rank blocked where no step boundary comes (a peer hangs) still ends: without a boundary within
+``DISTNN_TERM_GRACE_S`` seconds (default 30), or on a second signal, the job is aborted without a
+backup (distnn.distributed.termination). See docs/architecture.md, "Reliability: files and backups".
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from distnn.distributed.backup_format import (RUN_FORMAT, backup_path, list_back
 from distnn.distributed.backup_lock import DirectoryLock
 from distnn.distributed.optimizer import broadcast_weights
 from distnn.distributed.run_identity import differences, run_identity
+from distnn.distributed.termination import TerminationWatch
 from distnn.distributed.world import get_communicator
 from distnn.utils import global_rng
 
@@ -94,7 +97,8 @@ class BackupAndRestore(Callback):
         delete_checkpoint: delete this run's backups once training finishes normally (Keras'
             default), so a new run starts afresh; a run ending otherwise always keeps them.
         handle_signals: on SIGTERM/SIGUSR1, back up at the next step and exit with
-            ``PREEMPTED_EXIT_CODE`` (75) on every rank.
+            ``PREEMPTED_EXIT_CODE`` (75) on every rank; abort without a backup when no step
+            boundary comes within ``DISTNN_TERM_GRACE_S`` seconds or on a second signal.
         resume: ``"auto"`` resumes the newest valid backup only if the same experiment wrote it
             (same model and compile settings, epochs, batch size, steps and training data), and
             refuses to train when it comes from a different one, leaving it untouched. ``"force"``
@@ -116,6 +120,7 @@ class BackupAndRestore(Callback):
         self.backup_dir, self.save_freq, self.keep = os.fspath(backup_dir), save_freq, keep
         self.delete_checkpoint, self.handle_signals, self.resume = delete_checkpoint, handle_signals, resume
         self._previous_handlers: dict = {}
+        self._termination: TerminationWatch | None = None
         self.restored_from: str | None = None
         self._lock: DirectoryLock | None = None
         self._run: dict | None = None  # run.json of this run (rank 0)
@@ -125,6 +130,7 @@ class BackupAndRestore(Callback):
     # ------------------------------------------------------------------------------ hooks
     def on_train_begin(self, logs=None):
         if self.handle_signals:
+            self._termination = TerminationWatch()
             for sig in _SIGNALS:
                 self._previous_handlers[sig] = signal.signal(sig, self._request_stop)
         self._abnormal = None
@@ -134,6 +140,8 @@ class BackupAndRestore(Callback):
         if not self._healthy(logs):
             return
         if self.model.preempted:
+            if self._termination is not None:
+                self._termination.boundary_reached()
             self._write()
         elif self.save_freq != "epoch" and self.model.optimizer.iterations % self.save_freq == 0:
             self._write()
@@ -149,6 +157,9 @@ class BackupAndRestore(Callback):
             # they stop as soon as one has it) must not kill this rank during the clean exit.
             signal.signal(sig, signal.SIG_IGN if self.model.preempted else handler)
         self._previous_handlers.clear()
+        if self._termination is not None:
+            self._termination.close()
+            self._termination = None
         if self.model.preempted:
             get_communicator().barrier()  # rank 0 has finished writing before anyone leaves
             if self.is_root:
@@ -170,6 +181,7 @@ class BackupAndRestore(Callback):
 
     def _request_stop(self, signum: int, frame: Any) -> None:
         self.model.stop_requested = True
+        self._termination.requested(signum)
 
     def _healthy(self, logs: dict | None) -> bool:
         """False from the first non-finite loss on: weights that produced it are not worth a backup."""

@@ -14,30 +14,31 @@ Array collectives work on C-contiguous numpy arrays and move raw buffers (no pic
 the ``*_obj`` variants move small picklable Python objects. This module never imports
 mpi4py at import time: importing mpi4py initialises MPI, which a plain single-process run
 must not do.
+
+The MPI communicators start every collective non-blocking and complete it in the stall
+monitor's wait loop (distnn.distributed.stall), which gives each one a deadline and lets
+signal handlers run while a rank waits.
 """
 from __future__ import annotations
 
 import abc
 import os
+import pickle
 import sys
 from typing import Any
 
 import numpy as np
 
 from distnn.distributed import compression as compression_lib
+from distnn.distributed import stall, startup
 
 ALLREDUCE_OPS = ("sum", "average")
 ALLREDUCE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def import_mpi():
-    """Imports and returns ``mpi4py.MPI`` (which initialises MPI), with a clear error if absent."""
-    try:
-        from mpi4py import MPI
-    except ImportError as exc:
-        raise ImportError("The MPI communicators need mpi4py: `pip install mpi4py mpich` "
-                          "(or mpi4py built against your cluster's MPI).") from exc
-    return MPI
+    """Imports and returns ``mpi4py.MPI``, initialising MPI if needed, with a clear error if absent."""
+    return startup.start_mpi()
 
 
 def _check_array(array: Any) -> None:
@@ -231,15 +232,16 @@ class SingleProcessCommunicator(Communicator):
 
 
 class MpiCommunicator(Communicator):
-    """Collectives of the MPI library (`MPI_Allreduce`, `MPI_Bcast`, `MPI_Allgatherv`).
+    """Collectives of the MPI library (`MPI_Iallreduce`, `MPI_Ibcast`, `MPI_Iallgatherv`...).
 
     The communicator works on a duplicate of `comm`, so its messages never match those
-    the user's own code sends on `comm`.
+    the user's own code sends on `comm`. Every collective is non-blocking, completed by the
+    stall monitor's wait loop (see distnn.distributed.stall).
 
     Args:
         comm: an mpi4py communicator; `None` means `MPI.COMM_WORLD`.
         compression: see `Communicator`. With `"fp16"` the buffer is converted to float16,
-            reduced by `MPI_Allreduce` with an operation that adds in float32, and
+            reduced by `MPI_Iallreduce` with an operation that adds in float32, and
             converted back.
     """
 
@@ -248,7 +250,15 @@ class MpiCommunicator(Communicator):
     def __init__(self, comm=None, compression=None) -> None:
         super().__init__(compression)
         self._MPI = MPI = import_mpi()
-        self.comm = (MPI.COMM_WORLD if comm is None else comm).Dup()
+        base = MPI.COMM_WORLD if comm is None else comm
+        self._monitor = monitor = stall.monitor(MPI)
+        # Communicators spanning every rank share the world's collective count, which tells the
+        # monitor who has left (see stall.py); others are counted on their own.
+        self._label = (stall.WORLD if base.Get_size() == MPI.COMM_WORLD.Get_size()
+                       else f"communicator of {base.Get_size()} ranks at {id(self):x}")
+        monitor.begin(self._label, "communicator creation")
+        monitor.wait(base.Ibarrier())  # every rank is here: the blocking calls below return at once
+        self.comm = base.Dup()
         # Processes that can share memory form one node: the MPI-3 way, robust to host
         # names that differ in spelling or are shared by containers.
         node = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.comm.rank)
@@ -258,8 +268,10 @@ class MpiCommunicator(Communicator):
         # More ranks than cores on some node: MPI's busy-polling waits then take turns on
         # the cores, so every extra message round costs a scheduler time slice. Decided
         # collectively because the algorithms that depend on it must agree on all ranks.
-        self.oversubscribed = bool(self.comm.allreduce(
-            self._local_size > (os.cpu_count() or 1), op=MPI.LOR))
+        flag = np.array([self._local_size > (os.cpu_count() or 1)], np.int32)
+        monitor.wait(self.comm.Iallreduce(MPI.IN_PLACE, flag, op=MPI.MAX))
+        monitor.end()
+        self.oversubscribed = bool(flag[0])
         self._buffers: dict[tuple[str, np.dtype], np.ndarray] = {}
         # Looked up on every call, so computed once: small allreduces are latency-bound.
         self._wire_dtypes = {dtype: self.compression.wire_dtype(dtype) for dtype in ALLREDUCE_DTYPES}
@@ -282,14 +294,20 @@ class MpiCommunicator(Communicator):
         return cached[:count]
 
     def _allreduce(self, flat: np.ndarray, op: str) -> None:
+        self._monitor.begin(self._label, "allreduce", (flat.dtype, flat.shape))
+        self._reduce(flat, op)
+        self._monitor.end()
+
+    def _reduce(self, flat: np.ndarray, op: str) -> None:
+        """The allreduce algorithm (inside the monitor's bookkeeping); subclasses choose another."""
         wire_dtype = self._wire_dtypes[flat.dtype]
         if wire_dtype == flat.dtype:
-            self.comm.Allreduce(self._MPI.IN_PLACE, flat, op=self._MPI.SUM)
+            self._monitor.wait(self.comm.Iallreduce(self._MPI.IN_PLACE, flat, op=self._MPI.SUM))
         else:
             wire = self.buffer("wire", wire_dtype, flat.size)
             np.copyto(wire, flat, casting="same_kind")
             datatype, sum_op = self._wire_sum(wire_dtype)
-            self.comm.Allreduce(self._MPI.IN_PLACE, [wire, datatype], op=sum_op)
+            self._monitor.wait(self.comm.Iallreduce(self._MPI.IN_PLACE, [wire, datatype], op=sum_op))
             np.copyto(flat, wire)
         if op == "average":
             np.divide(flat, self._size, out=flat)
@@ -311,10 +329,13 @@ class MpiCommunicator(Communicator):
         return self._wire_mpi[("datatype", dtype)], self._wire_mpi[("op", dtype)]
 
     def _bcast(self, array: np.ndarray, root: int) -> None:
-        self.comm.Bcast(array, root=root)
+        self._monitor.begin(self._label, "bcast", (array.dtype, array.shape))
+        self._monitor.wait(self.comm.Ibcast(array, root=root))
+        self._monitor.end()
 
     def _allgather(self, array: np.ndarray) -> np.ndarray:
-        shapes = self.comm.allgather((array.shape, array.dtype.str))
+        self._monitor.begin(self._label, "allgather", (array.dtype, array.shape))
+        shapes = [pickle.loads(item) for item in self._gather_bytes(pickle.dumps((array.shape, array.dtype.str)))]
         if any(shape[1:] != array.shape[1:] or dtype != array.dtype.str for shape, dtype in shapes):
             raise ValueError("`allgather` needs the same dtype and trailing dimensions on every "
                              "rank. Received (shape, dtype) per rank: "
@@ -322,22 +343,62 @@ class MpiCommunicator(Communicator):
         row = int(np.prod(array.shape[1:], dtype=np.int64))
         counts = [shape[0] * row for shape, _ in shapes]
         out = np.empty((sum(shape[0] for shape, _ in shapes),) + array.shape[1:], array.dtype)
-        self.comm.Allgatherv(array, [out, counts])
+        self._monitor.wait(self.comm.Iallgatherv(array, [out, counts]))
+        self._monitor.end()
         return out
+
+    def _gather_bytes(self, payload: bytes, root: int | None = None) -> list[bytes] | None:
+        """Every rank's `payload`, in rank order (on `root` only when given; `None` elsewhere)."""
+        MPI, wait = self._MPI, self._monitor.wait
+        lengths = np.empty(self._size, np.int64)
+        mine = np.array([len(payload)], np.int64)
+        receiving = root is None or root == self._rank
+        if root is None:
+            wait(self.comm.Iallgather(mine, lengths))
+        else:
+            wait(self.comm.Igather(mine, lengths if receiving else None, root=root))
+        out = bytearray(int(lengths.sum())) if receiving else None
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if receiving else None
+        target = [out, (lengths, offsets), MPI.BYTE] if receiving else None
+        if root is None:
+            wait(self.comm.Iallgatherv([payload, MPI.BYTE], target))
+        else:
+            wait(self.comm.Igatherv([payload, MPI.BYTE], target, root=root))
+        if not receiving:
+            return None
+        view = memoryview(out)
+        return [view[o:o + n] for o, n in zip(offsets.tolist(), lengths.tolist())]
 
     def bcast_obj(self, obj: Any, root: int = 0) -> Any:
         self._check_root(root)
-        return self.comm.bcast(obj, root=root)
+        wait = self._monitor.wait
+        self._monitor.begin(self._label, "bcast_obj")
+        payload = bytearray(pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)) if self._rank == root else bytearray()
+        length = np.array([len(payload)], np.int64)
+        wait(self.comm.Ibcast(length, root=root))
+        if self._rank != root:
+            payload = bytearray(int(length[0]))
+        wait(self.comm.Ibcast([payload, self._MPI.BYTE], root=root))
+        self._monitor.end()
+        return obj if self._rank == root else pickle.loads(payload)
 
     def allgather_obj(self, obj: Any) -> list:
-        return self.comm.allgather(obj)
+        self._monitor.begin(self._label, "allgather_obj")
+        parts = self._gather_bytes(pickle.dumps(obj, pickle.HIGHEST_PROTOCOL))
+        self._monitor.end()
+        return [pickle.loads(part) for part in parts]
 
     def gather_obj(self, obj: Any, root: int = 0) -> list | None:
         self._check_root(root)
-        return self.comm.gather(obj, root=root)
+        self._monitor.begin(self._label, "gather_obj")
+        parts = self._gather_bytes(pickle.dumps(obj, pickle.HIGHEST_PROTOCOL), root=root)
+        self._monitor.end()
+        return None if parts is None else [pickle.loads(part) for part in parts]
 
     def barrier(self) -> None:
-        self.comm.Barrier()
+        self._monitor.begin(self._label, "barrier")
+        self._monitor.wait(self.comm.Ibarrier())
+        self._monitor.end()
 
     def abort(self, code: int = 1) -> None:
         sys.stdout.flush()

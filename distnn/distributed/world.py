@@ -1,56 +1,52 @@
 """The process-wide communicator, Horovod style: `init()`, `rank()`, `size()`, ...
 
 The same script runs alone (`python train.py`) and under an MPI launcher
-(`mpiexec -n 4 python train.py`, `srun`, `distnn-run`). `init` looks at the environment
-the launcher leaves and imports mpi4py only under one, because importing mpi4py
-initialises MPI, which a plain run must not touch (it may even fail without a process
-manager). Under MPI with more than one rank, an uncaught exception on any rank prints its
-traceback and aborts the whole job instead of leaving the other ranks blocked forever in
-their next collective.
+(`mpiexec -n 4 python train.py`, `srun --mpi=pmi2`, `distnn-run`). Under a launcher,
+`import distnn` starts MPI at once (`start_under_launcher`), so that from then on an
+uncaught exception on any rank prints its traceback and aborts the whole job, whatever the
+other ranks are doing, and a rank that leaves early or stalls is named (distnn.distributed.stall).
+A plain run never imports mpi4py: importing it initialises MPI, which a plain run must not
+touch (it may even fail without a process manager). `init` also refuses a launch whose
+processes MPI does not connect (distnn.distributed.launch_env).
 """
 from __future__ import annotations
 
 import importlib.util
 import os
-import sys
-import threading
-import traceback
 from typing import Any
 
 import numpy as np
 
+from distnn.distributed import aborts, launch_env, stall, startup
 from distnn.distributed import compression as compression_lib
 from distnn.distributed.communicator import (ALLREDUCE_DTYPES, NAMES, Communicator,
                                              SingleProcessCommunicator, create_communicator)
+from distnn.distributed.launch_env import LAUNCHER_VARIABLES, LaunchMismatchError, launched_by_mpi
 
-# Variables set by MPI launchers in every process they start: MPICH/Intel MPI hydra and
-# Slurm's pmi2 (PMI_*), Open MPI (OMPI_*), PMIx-based launchers (PMIX_RANK), MPICH's
-# gforker/hydra local info (MPI_LOCALNRANKS).
-LAUNCHER_VARIABLES = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
-_WORLD_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
+__all__ = ["LAUNCHER_VARIABLES", "LaunchMismatchError", "launched_by_mpi", "start_under_launcher", "init",
+           "is_initialized", "get_communicator", "rank", "size", "local_rank", "local_size", "is_root", "barrier",
+           "allreduce", "broadcast", "allgather", "broadcast_object", "allgather_object"]
 
 _communicator: Communicator | None = None
-_previous_hooks: tuple | None = None
 
 
-def launched_by_mpi() -> bool:
-    """Whether this process was started by an MPI launcher.
+def start_under_launcher() -> None:
+    """Called by `import distnn`: under an MPI launcher, start MPI now and install the abort hooks
+    and the stall monitor, so that a rank failing or leaving at any later point ends the job.
 
-    `DISTNN_USE_MPI=1` forces MPI (e.g. a launcher that sets none of the usual variables),
-    `DISTNN_USE_MPI=0` forces a single process.
+    Nothing happens outside a launcher, without mpi4py, or when the launch is inconsistent (then
+    `init` raises the `LaunchMismatchError` with the explanation).
     """
-    forced = os.environ.get("DISTNN_USE_MPI", "").strip()
-    if forced in ("0", "1"):
-        return forced == "1"
-    return any(variable in os.environ for variable in LAUNCHER_VARIABLES)
-
-
-def _launcher_world_size() -> int:
-    for variable in _WORLD_SIZE_VARIABLES:
-        value = os.environ.get(variable, "")
-        if value.isdigit():
-            return int(value)
-    return 1
+    if not launched_by_mpi() or importlib.util.find_spec("mpi4py") is None:
+        return
+    try:
+        MPI = startup.start_mpi()
+    except LaunchMismatchError:
+        return
+    world = MPI.COMM_WORLD
+    if world.Get_size() > 1:
+        stall.monitor(MPI)
+        aborts.install_abort_hooks(world.Get_rank(), world.Get_size())
 
 
 def init(backend: str = "auto", compression: str | compression_lib.Compressor | None = None,
@@ -67,25 +63,32 @@ def init(backend: str = "auto", compression: str | compression_lib.Compressor | 
 
     Returns:
         The communicator, also returned by `get_communicator()` from now on.
+
+    Raises:
+        LaunchMismatchError: the environment says the job has several processes (Slurm,
+            torchrun, horovodrun, Open MPI's or another MPI's launcher) but MPI connects none
+            of them; the message names the variable and the fix.
     """
     global _communicator
     if backend not in NAMES:
         raise ValueError(f"`backend` must be one of {NAMES}. Received: backend={backend!r}")
-    if backend != "single" and launched_by_mpi():
-        if importlib.util.find_spec("mpi4py") is not None:
-            _communicator = create_communicator(backend, compression=compression)
-        elif _launcher_world_size() > 1:
-            raise RuntimeError(
-                f"This process was started by an MPI launcher with {_launcher_world_size()} "
-                "processes, but mpi4py is not installed, so the processes cannot communicate "
-                "(each would train alone). Install it: `pip install mpi4py mpich`.")
-        else:
-            _communicator = SingleProcessCommunicator(compression)
+    if backend == "single":
+        communicator: Communicator = SingleProcessCommunicator(compression)
+    elif launched_by_mpi() and importlib.util.find_spec("mpi4py") is not None:
+        communicator = create_communicator(backend, compression=compression)
+        launch_env.check_world_size(communicator.size)
+    elif launched_by_mpi() and launch_env.launcher_world_size() > 1:
+        raise RuntimeError(
+            f"This process was started by an MPI launcher with {launch_env.launcher_world_size()} "
+            "processes, but mpi4py is not installed, so the processes cannot communicate "
+            "(each would train alone). Install it: `pip install mpi4py mpich`.")
     else:
-        _communicator = SingleProcessCommunicator(compression)
-    _set_abort_hooks(_communicator)
-    _share_cores(_communicator)
-    return _communicator
+        launch_env.check_world_size(1 if launched_by_mpi() else None)
+        communicator = SingleProcessCommunicator(compression)
+    aborts.install_abort_hooks(communicator.rank, communicator.size)
+    _share_cores(communicator)
+    _communicator = communicator
+    return communicator
 
 
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -105,54 +108,6 @@ def _share_cores(comm: Communicator) -> None:
     from threadpoolctl import threadpool_limits  # noqa: PLC0415 - only under MPI
 
     threadpool_limits(max(1, cores // comm.local_size))
-
-
-def install_early_abort_hook() -> None:
-    """Under an MPI launcher, make an exception raised before `init` (say, while loading data) still
-    end the whole job: the hook initialises MPI only then, to abort. Called by `import distnn`;
-    mpi4py stays unimported until needed. Without it the other ranks would wait forever in their
-    first collective."""
-    if not launched_by_mpi() or _previous_hooks is not None:
-        return
-    previous = sys.excepthook
-
-    def initialise_then_abort(exc_type, exc, tb) -> None:
-        try:
-            comm = get_communicator()  # installs the real hooks when there are several ranks
-        except Exception:  # MPI itself is unusable: at least report the original error
-            comm = None
-        hook = sys.excepthook if comm is not None and comm.size > 1 else previous
-        if hook is initialise_then_abort:
-            hook = previous
-        hook(exc_type, exc, tb)
-
-    sys.excepthook = initialise_then_abort
-
-
-def _set_abort_hooks(comm: Communicator) -> None:
-    """With several ranks, makes an uncaught exception (main or any thread) abort the job."""
-    global _previous_hooks
-    if _previous_hooks is not None:  # undo an earlier init's hooks
-        sys.excepthook, threading.excepthook = _previous_hooks
-        _previous_hooks = None
-    if comm.size == 1:
-        return
-
-    def report_and_abort(exc_type, exc, tb) -> None:
-        text = "".join(traceback.format_exception(exc_type, exc, tb))
-        prefix = f"[rank {comm.rank}] "
-        sys.stderr.write("".join(prefix + line for line in text.splitlines(keepends=True)))
-        sys.stderr.write(f"{prefix}aborting the MPI job ({comm.size} ranks) after an uncaught "
-                         f"{exc_type.__name__}\n")
-        comm.abort(1)
-
-    def thread_hook(args) -> None:
-        if args.exc_type is SystemExit:  # ends only that thread, as by default
-            return
-        report_and_abort(args.exc_type, args.exc_value, args.exc_traceback)
-
-    _previous_hooks = (sys.excepthook, threading.excepthook)
-    sys.excepthook, threading.excepthook = report_and_abort, thread_hook
 
 
 def is_initialized() -> bool:

@@ -14,11 +14,14 @@ from distnn.layers.conv_transpose import (Conv1DTranspose, Conv2DTranspose, Conv
                                           Convolution2DTranspose, DepthwiseConv1D, DepthwiseConv2D, SeparableConv1D,
                                           SeparableConv2D, SeparableConvolution1D, SeparableConvolution2D)
 from distnn.layers.noise import AlphaDropout, GaussianDropout, GaussianNoise, SpatialDropout1D, SpatialDropout2D
-from distnn.layers.reshaping import Cropping1D, Cropping2D, UpSampling1D, UpSampling2D
+from distnn.layers.reshaping import Cropping1D, Cropping2D, Permute, RepeatVector, UpSampling1D, UpSampling2D
 from distnn.layers.merging import (Add, Average, Concatenate, Dot, Maximum, Minimum, Multiply, Subtract, add, average,
                                    concatenate, dot, maximum, minimum, multiply, subtract)
 from distnn.layers.normalization import BatchNormalization, Normalization
 from distnn.layers.layer_normalization import GroupNormalization, LayerNormalization, UnitNormalization
+from distnn.layers.embedding import Embedding, Masking
+from distnn.layers.recurrent_cells import GRU, LSTM, SimpleRNN
+from distnn.layers.wrappers import Bidirectional, TimeDistributed
 from distnn.layers.pooling import (
     AveragePooling1D, AveragePooling2D, AvgPool1D, AvgPool2D, GlobalAveragePooling1D, GlobalAveragePooling2D,
     GlobalAvgPool1D, GlobalAvgPool2D, GlobalMaxPool1D, GlobalMaxPool2D, GlobalMaxPooling1D, GlobalMaxPooling2D,
@@ -39,7 +42,8 @@ __all__ = ["Layer", "Variable", "register_serializable", "serialize", "deseriali
            "Convolution1DTranspose", "Convolution2DTranspose", "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D",
            "SeparableConv2D", "SeparableConvolution1D", "SeparableConvolution2D", "SpatialDropout1D",
            "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "AlphaDropout", "UpSampling1D", "UpSampling2D",
-           "Cropping1D", "Cropping2D"]
+           "Cropping1D", "Cropping2D", "Embedding", "Masking", "SimpleRNN", "LSTM", "GRU", "Bidirectional",
+           "TimeDistributed", "RepeatVector", "Permute"]
 
 serialization.register_builtins("distnn.layers", {name: obj for name, obj in globals().items()
                                                   if isinstance(obj, type) and issubclass(obj, Layer)})

@@ -180,6 +180,18 @@ class Variable(TensorOperators):
         return f"<Variable {self.name} shape={self.shape} trainable={self.trainable}>"
 
 
+def record_masks(outputs: Any, out_mask: Any) -> None:
+    """Attach ``out_mask`` to the outputs for the next layers; a list with one mask per output (a
+    recurrent layer's ``return_state``) gives each output its own. The value is kept with its mask, so
+    a freed array's ``id`` reused by a new one cannot pass the mask on."""
+    flat = symbolic.flatten(outputs)
+    masks = out_mask if isinstance(out_mask, (list, tuple)) and len(out_mask) == len(flat) and len(flat) > 1 \
+        else [out_mask] * len(flat)
+    for out, mask in zip(flat, masks):
+        if mask is not None:
+            _context.masks[id(out)] = (out, mask)
+
+
 class _CallContext:
     """What enclosing calls pass down implicitly: the ``training`` flag (Keras propagates it to the
     layers a layer calls) and the masks of values computed in this call, keyed by ``id``."""
@@ -590,10 +602,7 @@ class Layer:
     def _record_mask(self, inputs: Any, outputs: Any, mask: Any) -> None:
         if mask is None and not self.supports_masking and type(self).compute_mask is Layer.compute_mask:
             return
-        out_mask = self.compute_mask(inputs, mask)
-        if out_mask is not None:
-            for out in symbolic.flatten(outputs):
-                _context.masks[id(out)] = (out, out_mask)
+        record_masks(outputs, self.compute_mask(inputs, mask))
 
     def _symbolic_call(self, args: tuple, kwargs: dict) -> Any:
         inputs = args[0]

@@ -5,13 +5,13 @@ from typing import Any
 
 from distnn import serialization
 from distnn.optimizers import schedules
-from distnn.optimizers.adadelta import Adadelta
 from distnn.optimizers.adam import Adam, AdamW, Nadam
+from distnn.optimizers.adaptive import Adadelta, Adamax, Ftrl, Lamb, Lion
 from distnn.optimizers.gradient_descent import SGD, Adagrad, RMSprop
 from distnn.optimizers.optimizer import Optimizer
 
 _BY_NAME = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop, "adagrad": Adagrad, "nadam": Nadam,
-            "adadelta": Adadelta}
+            "adadelta": Adadelta, "adamax": Adamax, "ftrl": Ftrl, "lion": Lion, "lamb": Lamb}
 _TABLE = {**_BY_NAME, **{cls.__name__: cls for cls in (Optimizer, *_BY_NAME.values())}}
 serialization.register_builtins("distnn.optimizers", _TABLE)
 
@@ -39,5 +39,5 @@ def deserialize(config: dict, custom_objects: dict | None = None) -> Optimizer:
     return get(config, custom_objects)
 
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Nadam", "RMSprop", "Adagrad", "Adadelta", "schedules", "get",
-           "serialize", "deserialize"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Nadam", "RMSprop", "Adagrad", "Adadelta", "Adamax", "Ftrl", "Lion",
+           "Lamb", "schedules", "get", "serialize", "deserialize"]

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from distnn import backend
-from distnn.arguments import check_optional_real, check_real
+from distnn.arguments import check_integer, check_optional_real, check_real
 from distnn.optimizers import schedules
 
 
@@ -28,6 +28,11 @@ class Optimizer:
         clipvalue: clip every gradient element to ``[-clipvalue, clipvalue]``.
         global_clipnorm: clip the whole gradient to this L2 norm.
         weight_decay: decoupled weight decay (``w -= lr * weight_decay * w`` before the update).
+        use_ema: keep an exponential moving average of the weights (a flat slot ``ema``, saved with
+            the rest); ``fit`` ends by writing it into the weights (Keras'
+            ``finalize_variable_values``).
+        ema_momentum: the average's momentum (the first step takes the weights as they are).
+        ema_overwrite_frequency: every this many steps, write the average into the weights.
         gradient_accumulation_steps: update every k-th ``apply`` with the mean of the k gradients
             received (Keras 3's argument): k micro-batches then train exactly like one batch k
             times larger. ``iterations`` counts updates, not micro-batches, so Adam's bias
@@ -37,7 +42,8 @@ class Optimizer:
     slot_names: tuple[str, ...] = ()  # names of the flat state arrays, e.g. ("momentum",)
 
     def __init__(self, learning_rate: Any = 0.001, clipnorm: float | None = None, clipvalue: float | None = None,
-                 global_clipnorm: float | None = None, weight_decay: float | None = None, name: str | None = None,
+                 global_clipnorm: float | None = None, weight_decay: float | None = None, use_ema: bool = False,
+                 ema_momentum: float = 0.99, ema_overwrite_frequency: int | None = None, name: str | None = None,
                  gradient_accumulation_steps: int | None = None):
         if sum(c is not None for c in (clipnorm, clipvalue, global_clipnorm)) > 1:
             raise ValueError("Only one of clipnorm, clipvalue and global_clipnorm can be set. Received: "
@@ -47,6 +53,14 @@ class Optimizer:
         self.clipvalue = check_optional_real("clipvalue", clipvalue, minimum=0, above_minimum=True)
         self.global_clipnorm = check_optional_real("global_clipnorm", global_clipnorm, minimum=0, above_minimum=True)
         self.weight_decay = check_optional_real("weight_decay", weight_decay, minimum=0)
+        self.use_ema = bool(use_ema)
+        self.ema_momentum = check_real("ema_momentum", ema_momentum, 0, 1)
+        if ema_overwrite_frequency is not None:
+            ema_overwrite_frequency = check_integer("ema_overwrite_frequency", ema_overwrite_frequency, 1)
+            if not self.use_ema:
+                raise ValueError("ema_overwrite_frequency needs use_ema=True. Received: "
+                                 f"ema_overwrite_frequency={ema_overwrite_frequency}, use_ema={use_ema}")
+        self.ema_overwrite_frequency = ema_overwrite_frequency
         self.learning_rate = learning_rate
         self.name = name or type(self).__name__.lower()
         steps = gradient_accumulation_steps
@@ -101,7 +115,8 @@ class Optimizer:
 
     def _all_slot_names(self) -> tuple[str, ...]:
         accumulating = (self.gradient_accumulation_steps or 1) > 1
-        return tuple(self.slot_names) + (("accumulated_gradients",) if accumulating else ())
+        return (*self.slot_names, *(("ema",) if self.use_ema else ()),
+                *(("accumulated_gradients",) if accumulating else ()))
 
     @property
     def built(self) -> bool:
@@ -179,7 +194,24 @@ class Optimizer:
         if self.weight_decay:
             params *= 1.0 - lr * self.weight_decay
         self._update(params, grads, lr)
+        if self.use_ema:
+            self._update_moving_average(params)
         self.iterations += 1
+
+    def _update_moving_average(self, params: Any) -> None:
+        """Keras 3: ``ema = m * ema + (1 - m) * w`` with m = 0 on the first step, then every
+        ``ema_overwrite_frequency`` steps the weights take the average."""
+        ema = self.slots["ema"]
+        momentum = self.ema_momentum if self.iterations else 0.0
+        ema *= momentum
+        ema += (1 - momentum) * params
+        if self.ema_overwrite_frequency and (self.iterations + 1) % self.ema_overwrite_frequency == 0:
+            params[...] = ema
+
+    def finalize_variable_values(self, params: Any) -> None:
+        """With ``use_ema``, write the moving average into ``params`` (``fit`` calls this at its end)."""
+        if self.use_ema and self.built:
+            params[...] = self.slots["ema"]
 
     def _update(self, params: Any, grads: Any, lr: float) -> None:
         raise NotImplementedError
@@ -205,11 +237,10 @@ class Optimizer:
             lr = schedules.serialize(lr)
         elif callable(lr):
             raise ValueError(f"Cannot serialize the learning-rate callable {lr!r}: use a LearningRateSchedule")
-        config = {"name": self.name, "learning_rate": lr, "clipnorm": self.clipnorm, "clipvalue": self.clipvalue,
-                  "global_clipnorm": self.global_clipnorm, "weight_decay": self.weight_decay}
-        if self.gradient_accumulation_steps is not None:
-            config["gradient_accumulation_steps"] = self.gradient_accumulation_steps
-        return config
+        return {"name": self.name, "learning_rate": lr, "clipnorm": self.clipnorm, "clipvalue": self.clipvalue,
+                "global_clipnorm": self.global_clipnorm, "weight_decay": self.weight_decay, "use_ema": self.use_ema,
+                "ema_momentum": self.ema_momentum, "ema_overwrite_frequency": self.ema_overwrite_frequency,
+                "gradient_accumulation_steps": self.gradient_accumulation_steps}
 
     @classmethod
     def from_config(cls, config: dict, custom_objects: dict | None = None) -> "Optimizer":

@@ -80,7 +80,66 @@ class CosineDecay(LearningRateSchedule):
         return peak * ((1 - self.alpha) * cosine + self.alpha)
 
 
-_TABLE = {cls.__name__: cls for cls in (LearningRateSchedule, ExponentialDecay, PiecewiseConstantDecay, CosineDecay)}
+class InverseTimeDecay(LearningRateSchedule):
+    """``initial_learning_rate / (1 + decay_rate * step / decay_steps)`` (floored with ``staircase``)."""
+
+    def __init__(self, initial_learning_rate: float, decay_steps: int, decay_rate: float, staircase: bool = False):
+        self.initial_learning_rate = check_real("initial_learning_rate", initial_learning_rate, minimum=0)
+        self.decay_steps = _check_decay_steps(decay_steps)
+        self.decay_rate, self.staircase = check_real("decay_rate", decay_rate, minimum=0), bool(staircase)
+
+    def __call__(self, step):
+        p = step / self.decay_steps
+        return self.initial_learning_rate / (1 + self.decay_rate * (math.floor(p) if self.staircase else p))
+
+
+class PolynomialDecay(LearningRateSchedule):
+    """From ``initial_learning_rate`` to ``end_learning_rate`` as ``(1 - step / decay_steps) ** power``;
+    with ``cycle`` the decay restarts over multiples of ``decay_steps`` instead of holding the end rate."""
+
+    def __init__(self, initial_learning_rate: float, decay_steps: int, end_learning_rate: float = 0.0001,
+                 power: float = 1.0, cycle: bool = False):
+        self.initial_learning_rate = check_real("initial_learning_rate", initial_learning_rate, minimum=0)
+        self.decay_steps = _check_decay_steps(decay_steps)
+        self.end_learning_rate = check_real("end_learning_rate", end_learning_rate, minimum=0)
+        self.power, self.cycle = check_real("power", power, minimum=0), bool(cycle)
+
+    def __call__(self, step):
+        if self.cycle:
+            decay_steps = self.decay_steps * (1 if step == 0 else math.ceil(step / self.decay_steps))
+        else:
+            decay_steps, step = self.decay_steps, min(step, self.decay_steps)
+        fraction = 1 - step / decay_steps
+        return (self.initial_learning_rate - self.end_learning_rate) * fraction ** self.power + self.end_learning_rate
+
+
+class CosineDecayRestarts(LearningRateSchedule):
+    """Cosine decay with warm restarts (SGDR): periods grow by ``t_mul``, peaks shrink by ``m_mul``."""
+
+    def __init__(self, initial_learning_rate: float, first_decay_steps: int, t_mul: float = 2.0, m_mul: float = 1.0,
+                 alpha: float = 0.0):
+        self.initial_learning_rate = check_real("initial_learning_rate", initial_learning_rate, minimum=0)
+        self.first_decay_steps = check_real("first_decay_steps", first_decay_steps, minimum=0, above_minimum=True)
+        self.first_decay_steps = int(first_decay_steps) if float(first_decay_steps).is_integer() else first_decay_steps
+        self.t_mul = check_real("t_mul", t_mul, minimum=0, above_minimum=True)
+        self.m_mul = check_real("m_mul", m_mul, minimum=0)
+        self.alpha = check_real("alpha", alpha, 0, 1)
+
+    def __call__(self, step):
+        fraction = step / self.first_decay_steps
+        if self.t_mul == 1.0:
+            restart = math.floor(fraction)
+            fraction -= restart
+        else:  # periods first_decay_steps * t_mul ** i: find the one holding the step
+            restart = math.floor(math.log(1.0 - fraction * (1.0 - self.t_mul)) / math.log(self.t_mul))
+            done = (1.0 - self.t_mul ** restart) / (1.0 - self.t_mul)
+            fraction = (fraction - done) / self.t_mul ** restart
+        cosine = 0.5 * self.m_mul ** restart * (1.0 + math.cos(math.pi * fraction))
+        return self.initial_learning_rate * ((1 - self.alpha) * cosine + self.alpha)
+
+
+_TABLE = {cls.__name__: cls for cls in (LearningRateSchedule, ExponentialDecay, PiecewiseConstantDecay, CosineDecay,
+                                                  InverseTimeDecay, PolynomialDecay, CosineDecayRestarts)}
 serialization.register_builtins("distnn.optimizers.schedules", _TABLE)
 
 

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from distnn import serialization
 from distnn.backend import get_array_module
 
 EPSILON = 1e-7  # Keras' backend.epsilon(): probabilities are clipped to [eps, 1 - eps]
@@ -183,19 +182,40 @@ class SparseCategoricalCrossentropy(Loss):
 
     Args:
         from_logits: whether ``y_pred`` are logits rather than probabilities.
+        ignore_class: a label whose entries get loss 0 and no gradient (for example a padding class).
+            A direct call's mean divides by the valid entries, as Keras 3; training divides every
+            rank's sum by the step's global sample count (docs/architecture.md, "Loss reductions"),
+            so there an ignored entry counts as a zero, not as absent.
     """
 
-    def __init__(self, from_logits: bool = False, **kwargs: Any):
+    def __init__(self, from_logits: bool = False, ignore_class: int | None = None, **kwargs: Any):
         super().__init__(**kwargs)
+        if ignore_class is not None and (isinstance(ignore_class, bool) or not float(ignore_class).is_integer()):
+            raise ValueError(f"ignore_class must be an integer or None. Received: ignore_class={ignore_class!r}")
         self.from_logits = bool(from_logits)
+        self.ignore_class = None if ignore_class is None else int(ignore_class)
         self._dense = CategoricalCrossentropy(from_logits=from_logits)
 
     def _one_hot(self, y_true: Any, y_pred: Any) -> Any:
+        """One-hot targets; an ignored entry's row is all zeros, which zeroes its loss and gradient."""
         xp = get_array_module(y_pred)
         labels = y_true.reshape(y_pred.shape[:-1]).astype(np.int64)
+        valid = None if self.ignore_class is None else labels != self.ignore_class
+        if valid is not None:
+            labels = xp.where(valid, labels, 0)
         one_hot = xp.zeros(y_pred.shape, dtype=y_pred.dtype)
         xp.put_along_axis(one_hot, labels[..., None], 1, axis=-1)
-        return one_hot
+        return one_hot if valid is None else one_hot * valid[..., None]
+
+    def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
+        reduced = super().__call__(y_true, y_pred, sample_weight)
+        if self.ignore_class is None or self.reduction not in ("sum_over_batch_size", "mean"):
+            return reduced
+        # Keras 3 masks the ignored entries out of the mean: sum over entries / valid entries.
+        xp = get_array_module(y_pred)
+        labels = xp.asarray(y_true).reshape(xp.asarray(y_pred).shape[:-1])
+        valid = float((labels != self.ignore_class).sum())
+        return reduced * labels.size / valid if valid else reduced * 0
 
     def call(self, y_true, y_pred):
         return self._dense.call(self._one_hot(y_true, y_pred), y_pred)
@@ -216,13 +236,15 @@ class SparseCategoricalCrossentropy(Loss):
                              f"model output shape {tuple(output_shape)}; expected integer class ids of shape "
                              f"{(None, *expected)}")
         xp = get_array_module(y_true)
-        if y_true.size and (y_true.min() < 0 or y_true.max() >= output_shape[-1]
-                            or not bool(xp.all(y_true == xp.round(y_true)))):
-            raise ValueError(f"{self.name}: labels must be integers in [0, {output_shape[-1]}). Received values "
-                             f"in [{float(y_true.min())}, {float(y_true.max())}]")
+        labels = y_true if self.ignore_class is None else y_true[y_true != self.ignore_class]
+        if labels.size and (labels.min() < 0 or labels.max() >= output_shape[-1]
+                            or not bool(xp.all(labels == xp.round(labels)))):
+            ignored = "" if self.ignore_class is None else f" or ignore_class={self.ignore_class}"
+            raise ValueError(f"{self.name}: labels must be integers in [0, {output_shape[-1]}){ignored}. Received "
+                             f"values in [{float(labels.min())}, {float(labels.max())}]")
 
     def get_config(self):
-        return {**super().get_config(), "from_logits": self.from_logits}
+        return {**super().get_config(), "from_logits": self.from_logits, "ignore_class": self.ignore_class}
 
 
 class BinaryCrossentropy(Loss):
@@ -334,85 +356,3 @@ class KLDivergence(Loss):
         inside = (y_pred > EPSILON) & (y_pred < 1)
         return xp.where(inside, -y / xp.clip(y_pred, EPSILON, 1), 0) / _elements_per_sample(y_pred[..., 0])
 
-
-class LossFunctionWrapper(Loss):
-    """A loss from a plain function ``fn(y_true, y_pred, **kwargs)`` written with ``distnn.ops``
-    (Keras' ``LossFunctionWrapper``); the tape differentiates it."""
-
-    def __init__(self, fn: Any, name: str | None = None, reduction: str | None = "sum_over_batch_size",
-                 **kwargs: Any):
-        if isinstance(fn, (str, dict)):  # from a saved configuration: the function by its saved name
-            fn = serialization.deserialize_keras_object(fn, module_objects=_TABLE, printable_module_name="loss")
-        if not callable(fn):
-            raise TypeError(f"LossFunctionWrapper needs a function (y_true, y_pred). Received: fn={fn!r}")
-        super().__init__(name=name or getattr(fn, "__name__", "loss"), reduction=reduction)
-        self.fn, self.fn_kwargs = fn, kwargs
-
-    def call(self, y_true, y_pred):
-        return self.fn(y_true, y_pred, **self.fn_kwargs)
-
-    def get_config(self):
-        try:
-            fn = serialization.serialize_keras_object(self.fn)
-        except ValueError as exc:
-            raise ValueError(f"Cannot save the custom loss {self.name!r}: {exc}") from exc
-        return {**super().get_config(), "fn": fn, **self.fn_kwargs}
-
-
-def categorical_crossentropy(y_true: Any, y_pred: Any, from_logits: bool = False, label_smoothing: float = 0.0,
-                             axis: int = -1) -> Any:
-    """Keras' function form: per-sample losses. ``compile(loss=categorical_crossentropy)`` trains with
-    the ``CategoricalCrossentropy`` class (its fused gradient)."""
-    return CategoricalCrossentropy(from_logits=from_logits, label_smoothing=label_smoothing, axis=axis).call(
-        y_true, y_pred)
-
-
-def sparse_categorical_crossentropy(y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
-    """Keras' function form: per-sample losses (``compile`` uses ``SparseCategoricalCrossentropy``)."""
-    return SparseCategoricalCrossentropy(from_logits=from_logits).call(y_true, y_pred)
-
-
-# Keras' loss functions passed to compile() resolve to their classes, which have fused gradients.
-_FUNCTIONS = {categorical_crossentropy: CategoricalCrossentropy,
-              sparse_categorical_crossentropy: SparseCategoricalCrossentropy}
-
-_BY_NAME: dict[str, Any] = {
-    "categorical_crossentropy": CategoricalCrossentropy,
-    "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
-    "binary_crossentropy": BinaryCrossentropy,
-    "mean_squared_error": MeanSquaredError, "mse": MeanSquaredError,
-    "mean_absolute_error": MeanAbsoluteError, "mae": MeanAbsoluteError,
-    "huber": Huber, "huber_loss": Huber,
-    "kl_divergence": KLDivergence, "kld": KLDivergence, "kullback_leibler_divergence": KLDivergence,
-}
-_CLASSES = {cls.__name__: cls for cls in _BY_NAME.values()}
-_TABLE: dict[str, Any] = {**_BY_NAME, **_CLASSES, "LossFunctionWrapper": LossFunctionWrapper}
-serialization.register_builtins("distnn.losses", _TABLE)
-
-
-def get(identifier: Any, custom_objects: dict | None = None) -> Loss:
-    """Resolve a loss from a name (Keras spelling or alias), a class, a saved configuration, an
-    instance or a function ``(y_true, y_pred)`` (a registered one also by its name)."""
-    if isinstance(identifier, Loss):
-        return identifier
-    if isinstance(identifier, type) and issubclass(identifier, Loss):
-        return identifier()
-    if isinstance(identifier, (str, dict)):
-        identifier = serialization.resolve(identifier, _TABLE, "loss", custom_objects)
-        if isinstance(identifier, Loss):
-            return identifier
-    for function, cls in _FUNCTIONS.items():
-        if identifier is function:
-            return cls()
-    if callable(identifier) and not isinstance(identifier, type):
-        return LossFunctionWrapper(identifier)
-    raise TypeError(f"loss must be a string, a Loss instance or a function (y_true, y_pred). "
-                    f"Received: loss={identifier!r}")
-
-
-def serialize(loss: Loss) -> dict:
-    return serialization.serialize_keras_object(loss)
-
-
-def deserialize(config: str | dict, custom_objects: dict | None = None) -> Loss:
-    return get(config, custom_objects)
