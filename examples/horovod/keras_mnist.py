@@ -10,7 +10,7 @@ through TensorFlow sessions is gone (distnn pins rank r to GPU ``local_rank % n`
 
 Horovod's semantics hold: ``batch_size=128`` is each rank's batch, and the learning rate is scaled
 by ``hvd.size()`` to match the global batch of ``128 * hvd.size()`` (README, "Horovod scripts").
-``DISTNN_EXAMPLE_EPOCHS`` overrides the number of epochs (the test suite uses it to stay short).
+``DISTNN_EXAMPLE_EPOCHS`` overrides the number of epochs.
 """
 import math
 import os
