@@ -403,7 +403,7 @@ class TrainingMixin:
         cb = CallbackList(callbacks, model=self, history=self.history,
                           progbar=ProgbarLogger(verbose) if verbose and comm.rank == 0 else None,
                           params={"epochs": epochs, "steps": plan.num_steps, "verbose": verbose,
-                                  "batch_size": batch_size, "samples": plan.samples})
+                                  "batch_size": getattr(plan, "batch_size", None), "samples": plan.samples})
         self.stop_training = False
         self.stop_requested = False
         self._stop_now = False

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from distnn import data, layers, models, ops, optimizers
+from distnn.callbacks import Callback
 from distnn.data import NpyArray, Prefetcher
 from distnn.utils import PyDataset, Sequence, set_random_seed, to_categorical
 
@@ -322,3 +323,27 @@ def test_progress_lines_count_the_steps_of_a_generator_without_steps_per_epoch(c
     model.predict(iter([X[:10], X[10:20]]), verbose=1)
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].startswith("4/4 - ") and lines[2].startswith("1/1 - ") and lines[3].startswith("2/2 - "), lines
+
+
+def test_backups_resume_a_py_dataset_run_and_ask_a_generator_for_its_steps(tmp_path):
+    from distnn.callbacks import BackupAndRestore
+
+    class Preempted(Exception):
+        pass
+
+    class StopAfter(Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if self.model.optimizer.iterations == 10:
+                raise Preempted
+
+    uninterrupted = mlp()
+    uninterrupted.fit(Batches(X, Y, 32), epochs=3, verbose=0)
+    model = mlp()
+    with pytest.raises(Preempted):
+        model.fit(Batches(X, Y, 32), epochs=3, verbose=0,
+                  callbacks=[BackupAndRestore(tmp_path / "b", save_freq=1), StopAfter()])
+    resumed = mlp()
+    resumed.fit(Batches(X, Y, 32), epochs=3, verbose=0, callbacks=[BackupAndRestore(tmp_path / "b", save_freq=1)])
+    np.testing.assert_array_equal(resumed.params, uninterrupted.params)
+    with pytest.raises(ValueError, match="BackupAndRestore needs fit\\(steps_per_epoch=...\\) when x is a generator"):
+        mlp().fit(iter([(X, Y)]), verbose=0, callbacks=[BackupAndRestore(tmp_path / "c")])

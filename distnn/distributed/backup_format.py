@@ -99,7 +99,8 @@ def _check_run(run: Any, where: str) -> dict:
         raise ValueError(f"{where}: identity must be a JSON object")
     _int_in(identity, "epochs", 0, 2**31, where)
     _int_in(identity, "steps_per_epoch", 0, 2**62, where)
-    _int_in(identity, "batch_size", 1, 2**62, where)
+    if identity.get("batch_size") is not None:  # None: a PyDataset or generator sets its own batches
+        _int_in(identity, "batch_size", 1, 2**62, where)
     return run
 
 
