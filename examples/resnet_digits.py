@@ -53,6 +53,13 @@ def build_model(filters: int = 16, blocks: int = 2) -> Model:
     return Model(inputs, outputs, name="resnet_digits")
 
 
+def compile_model(model: Model, learning_rate: float, steps: int) -> None:
+    # Cosine decay to 0 over the run's ``steps``: the last epochs' small steps leave the weights (and
+    # the BatchNormalization statistics) settled, which steadies the test accuracy across seeds.
+    schedule = optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(steps, 1))
+    model.compile(optimizer=optimizers.Adam(schedule), loss="categorical_crossentropy", metrics=["accuracy"])
+
+
 def main(argv=None) -> float:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=6)
@@ -69,11 +76,7 @@ def main(argv=None) -> float:
     model = build_model(args.filters, args.blocks)
     if args.verbose:
         model.summary()  # prints on rank 0 only
-    # Cosine decay to 0 over the run: the last epochs' small steps leave the weights (and the
-    # BatchNormalization statistics) settled, which steadies the test accuracy across seeds.
-    steps = args.epochs * -(-len(x_train) // args.batch_size)
-    schedule = optimizers.schedules.CosineDecay(args.learning_rate, decay_steps=max(steps, 1))
-    model.compile(optimizer=optimizers.Adam(schedule), loss="categorical_crossentropy", metrics=["accuracy"])
+    compile_model(model, args.learning_rate, args.epochs * -(-len(x_train) // args.batch_size))
     model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, verbose=args.verbose)
     test_loss, test_acc = model.evaluate(x_test, y_test, verbose=0)
     if distributed.is_root():  # one line per job, not per rank

@@ -13,8 +13,9 @@ restores what ``save_weights`` wrote.
 """
 import argparse
 
-from distnn import Model, datasets, distributed, layers, ops, optimizers
-from distnn.utils import set_random_seed, to_categorical
+from distnn import Model, distributed, layers, ops
+from distnn.utils import set_random_seed
+from resnet_digits import compile_model, load_digits  # the functional version's data and training setup
 
 
 @layers.register_serializable()
@@ -60,19 +61,6 @@ class DigitsResNet(Model):
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "blocks": self.num_blocks,
                 "classes": self.classes}
-
-
-def load_digits():
-    """(x_train, y_train), (x_test, y_test): images (n, 8, 8, 1) scaled to [0, 1], one-hot labels."""
-    (x_train, y_train), (x_test, y_test) = datasets.digits()
-    return ((x_train.reshape(-1, 8, 8, 1) / 16).astype("float32"), to_categorical(y_train, 10)), \
-        ((x_test.reshape(-1, 8, 8, 1) / 16).astype("float32"), to_categorical(y_test, 10))
-
-
-def compile_model(model: Model, learning_rate: float, steps: int) -> None:
-    # Cosine decay to 0 over the run: small final steps steady the test accuracy across seeds.
-    schedule = optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(steps, 1))
-    model.compile(optimizer=optimizers.Adam(schedule), loss="categorical_crossentropy", metrics=["accuracy"])
 
 
 def main(argv=None) -> float:
