@@ -1,11 +1,12 @@
 """A small residual CNN built with the functional API, on scikit-learn's 8x8 digits.
 
-    python examples/resnet_digits.py [--epochs 8] [--seed 0] [--filters 16] [--blocks 2]
+    python examples/resnet_digits.py [--epochs 6] [--seed 0] [--filters 16] [--blocks 2]
     distnn-run -np 2 python examples/resnet_digits.py     # data-parallel: the same global batch of 32
 
 Conv2D + BatchNormalization + ReLU stem, then residual blocks (two 3x3 convolutions with an
 additive skip), global average pooling and a softmax classifier: the "toy ResNet" of the Keras
-functional-API guide, shrunk to 8x8 inputs. About 0.98 test accuracy after 8 epochs (seeds 0-4).
+functional-API guide, shrunk to 8x8 inputs (9,850 parameters). Test accuracy after 6 epochs, seeds
+0-9: 0.983 to 0.994, mean 0.987 (about 3 s of CPU per run with one BLAS thread).
 
 The skip is ``ops.add`` called on symbolic tensors: an op on ``Input``-derived tensors records a
 graph node, so it is differentiated like any layer. ``layers.Add()([shortcut, y])`` is the drop-in
