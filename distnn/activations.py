@@ -14,9 +14,12 @@ The plain functions (``distnn.activations.relu(x)``, ...) work on numpy and cupy
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
+from distnn import serialization
 from distnn.backend import get_array_module
+from distnn.ops.math import erf_values
 
 _SELU_ALPHA = 1.6732632423543772
 _SELU_SCALE = 1.0507009873554805
@@ -236,7 +239,7 @@ class GELU(ActivationFunction):
             inner = _SQRT_2_OVER_PI * (x + 0.044715 * x ** 3)
             y = 0.5 * x * (1 + xp.tanh(inner))
         else:
-            y = 0.5 * x * (1 + _erf(x / _SQRT_2))
+            y = 0.5 * x * (1 + erf_values(x / _SQRT_2))
         return y if out is None else _assign(out, y)
 
     def backward(self, grad, x, y):
@@ -246,7 +249,7 @@ class GELU(ActivationFunction):
             t = xp.tanh(inner)
             d = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
         else:
-            d = 0.5 * (1 + _erf(x / _SQRT_2)) + x * xp.exp(-0.5 * x * x) / _SQRT_2PI
+            d = 0.5 * (1 + erf_values(x / _SQRT_2)) + x * xp.exp(-0.5 * x * x) / _SQRT_2PI
         grad *= d
         return grad
 
@@ -276,15 +279,6 @@ _SQRT_2PI = (2.0 * 3.141592653589793) ** 0.5
 _SQRT_2_OVER_PI = (2.0 / 3.141592653589793) ** 0.5
 
 
-def _erf(x: Any) -> Any:
-    """Element-wise erf: scipy on numpy arrays, cupyx on cupy arrays (neither is imported eagerly)."""
-    if get_array_module(x).__name__ == "cupy":
-        from cupyx.scipy.special import erf  # noqa: PLC0415
-    else:
-        from scipy.special import erf  # noqa: PLC0415
-    return erf(x)
-
-
 def _assign(out: Any, value: Any) -> Any:
     out[...] = value
     return out
@@ -294,7 +288,10 @@ _CLASSES: dict[str, type[ActivationFunction]] = {
     cls.name: cls for cls in (Linear, ReLU, LeakyReLU, ELU, SELU, Sigmoid, Tanh, Softmax, Softplus,
                               Softsign, Swish, GELU, HardSigmoid)
 }
-_ALIASES = {"silu": "swish", None: "linear"}
+# Keras names ("relu", "silu") and class names ("LeakyReLU"), for names and saved configurations.
+_TABLE: dict[str, type[ActivationFunction]] = {**_CLASSES, "silu": Swish,
+                                               **{cls.__name__: cls for cls in _CLASSES.values()}}
+serialization.register_builtins("distnn.activations", _TABLE)
 
 
 class _CallableActivation(ActivationFunction):
@@ -318,44 +315,46 @@ class _CallableActivation(ActivationFunction):
         return grad
 
 
-def get(identifier: str | Callable | ActivationFunction | None) -> ActivationFunction:
-    """Resolve an activation from a name, an ``ActivationFunction``, a callable or ``None`` (linear)."""
+def get(identifier: str | dict | Callable | ActivationFunction | None) -> ActivationFunction:
+    """Resolve an activation from a name, a saved configuration, an ``ActivationFunction``, a
+    callable or ``None`` (linear). A name may also be a registered custom activation's."""
     if isinstance(identifier, ActivationFunction):
         return identifier
-    if isinstance(identifier, dict):  # a serialized config {"class_name": ..., "config": ...}
-        return _class(identifier["class_name"])(**identifier.get("config", {}))
-    if identifier is None or isinstance(identifier, str):
-        return _class(identifier)()
-    if callable(identifier):
-        return _CallableActivation(identifier)
+    if identifier is None:
+        return Linear()
+    if isinstance(identifier, (str, dict)):
+        resolved = serialization.resolve(identifier, _TABLE, "activation")
+        if isinstance(resolved, ActivationFunction):
+            return resolved
+        if not inspect.isroutine(resolved):
+            raise ValueError(f"{identifier!r} does not name an activation. Received: {resolved!r}")
+        identifier = resolved
+    if callable(identifier) and not isinstance(identifier, type):
+        built_in = getattr(identifier, "_activation_name", None)  # distnn.activations.relu and the like
+        return _CLASSES[built_in]() if built_in else _CallableActivation(identifier)
     raise TypeError(f"activation must be a string, a callable or None. Received: activation={identifier!r}")
 
 
-def _class(name: str | None) -> type[ActivationFunction]:
-    """A built-in activation class by name or alias, else a user's registered ``ActivationFunction``."""
-    from distnn.layers.base import registered_objects  # noqa: PLC0415 - lazy: the registry lives with the layers
-
-    name = _ALIASES.get(name, name)
-    if name in _CLASSES:
-        return _CLASSES[name]
-    registered = registered_objects().get(name)
-    if isinstance(registered, type) and issubclass(registered, ActivationFunction):
-        return registered
-    raise ValueError(f"Unknown activation {name!r}. Valid names: {sorted([*_CLASSES, 'silu'])} (a custom "
-                     "ActivationFunction subclass needs @distnn.layers.register_serializable)")
+def deserialize(config: str | dict, custom_objects: dict | None = None) -> ActivationFunction:
+    """The activation ``serialize`` described (``custom_objects`` maps names to user classes or functions)."""
+    with serialization.custom_object_scope(custom_objects):
+        return get(config)
 
 
 def serialize(activation: ActivationFunction) -> str | dict:
-    """A JSON-serialisable description; built-ins with default arguments become their name, a user's
-    ``ActivationFunction`` subclass its registered class name."""
+    """A JSON-serialisable description: a built-in with default arguments becomes its name (as in
+    Keras), a custom ``ActivationFunction`` its registered class name and config, a plain function
+    its registered name."""
     if isinstance(activation, _CallableActivation):
-        raise ValueError(f"Cannot serialize the custom activation {activation.name!r}: subclass "
-                         "ActivationFunction and decorate it with @distnn.layers.register_serializable")
-    config = activation.get_config()
+        try:
+            return serialization.serialize_keras_object(activation.fn)
+        except ValueError as exc:
+            raise ValueError(f"Cannot serialize the custom activation {activation.name!r}: define it as a named "
+                             "function or an ActivationFunction subclass, registered with "
+                             "@distnn.saving.register_keras_serializable()") from exc
     if type(activation) not in _CLASSES.values():
-        from distnn.layers.base import serializable_name  # noqa: PLC0415
-
-        return {"class_name": serializable_name(type(activation)), "config": config}
+        return serialization.serialize_keras_object(activation)
+    config = activation.get_config()
     return activation.name if not config else {"class_name": activation.name, "config": config}
 
 
@@ -364,6 +363,7 @@ def _functional(name: str) -> Callable[..., Any]:
         return _CLASSES[name](**kwargs).forward(x)
 
     fn.__name__ = name
+    fn._activation_name = name
     fn.__doc__ = f"Apply the {name} activation to ``x`` (numpy or cupy)."
     return fn
 

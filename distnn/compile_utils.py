@@ -81,10 +81,20 @@ def _as_list(value: Any) -> list:
 
 
 def check_losses(loss: Any) -> None:
-    """Resolve every loss once at ``compile``, so a misspelt name fails there."""
+    """Resolve every loss once at ``compile``, so a misspelt name or a reduction that training
+    cannot honor fails there."""
     for value in loss.values() if isinstance(loss, dict) else loss if isinstance(loss, (list, tuple)) else [loss]:
-        if value is not None:
-            losses.get(value)
+        if value is None:
+            continue
+        resolved = losses.get(value)
+        if resolved.reduction not in losses.TRAINING_REDUCTIONS:
+            # A sum (or a per-weight mean) over each step's batch would make the step's size part of
+            # the objective; distnn trains on the mean over the global batch, which keeps N ranks
+            # equal to one process (docs/architecture.md, "Loss reductions").
+            raise ValueError(f"Loss {resolved.name!r} has reduction={resolved.reduction!r}, but compile()/fit() "
+                             "train on the mean over each batch (reduction='sum_over_batch_size' or 'mean'). "
+                             "Use one of those (for a sum, scale the learning rate by the batch size); calling "
+                             "the loss directly, loss(y_true, y_pred), honors every reduction")
 
 
 def check_metric_specs(metrics: Any) -> None:
@@ -96,7 +106,7 @@ def check_metric_specs(metrics: Any) -> None:
         elif isinstance(value, (list, tuple)):
             for v in value:
                 visit(v)
-        elif isinstance(value, str) and value not in metrics_module.VALID_NAMES:
-            raise ValueError(f"Unknown metric {value!r}. Valid names: {metrics_module.VALID_NAMES}")
+        elif isinstance(value, str):
+            metrics_module.get(value)  # a built-in or a registered custom name, else a clear error
 
     visit(metrics)

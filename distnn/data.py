@@ -1,6 +1,6 @@
 """Input checking, epoch ordering, batching and sharding of global batches across ranks.
 
-``fit(batch_size=B)`` means the *global* batch (DESIGN.md): each step takes B samples of the
+``fit(batch_size=B)`` means the *global* batch (docs/architecture.md): each step takes B samples of the
 epoch's order and splits them into contiguous, near-equal shards, one per rank. Every rank runs the
 same number of steps; a rank whose shard is empty still joins the step's collectives.
 """

@@ -16,7 +16,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from distnn import backend
+from distnn import backend, random
+from distnn.global_state import global_rng
+from distnn.layers.base import Layer
+from distnn.losses import Loss
 from distnn.ops.core import Tape, Tensor, value_of
 from distnn.ops.numpy import sum as ops_sum
 
@@ -58,18 +61,18 @@ def _numeric_gradient(f: Callable[[], float], array: Any, entries: np.ndarray, e
 
 
 def _noise_replayer(layers: list) -> Callable[[], None]:
-    """A function that rewinds every random generator the layers draw from (their own ``_rng`` and
-    distnn's global one), so each forward pass of a check reuses the same dropout mask: the checked
-    function is then deterministic, as finite differences require."""
-    from distnn.utils import global_rng  # noqa: PLC0415
-
-    generators = [global_rng()] + [layer._rng for layer in layers
-                                   if isinstance(getattr(layer, "_rng", None), np.random.Generator)]
-    states = [g.bit_generator.state for g in generators]
+    """A function that rewinds every random source the layers draw from (their ``SeedGenerator``s,
+    ``distnn.random``'s global one and distnn's global numpy generator), so each forward pass of a
+    check reuses the same dropout mask: the checked function is then deterministic, as finite
+    differences require."""
+    generators = list(random.seed_generators(layers).values())
+    states = [g.state for g in generators]  # seeds an unseeded generator now, once for every pass
+    numpy_state = global_rng().bit_generator.state
 
     def replay() -> None:
+        global_rng().bit_generator.state = numpy_state
         for generator, state in zip(generators, states):
-            generator.bit_generator.state = state
+            generator.state = state
 
     return replay
 
@@ -85,49 +88,58 @@ def _compare(name: str, analytic: Any, f: Callable[[], float], array: Any, eps: 
     errors[name] = _relative_error(backend.to_numpy(analytic).reshape(-1)[entries], numeric)
 
 
-def check_layer_gradients(layer: Any, input_shape: tuple | None = None, x: Any = None, training: bool = True,
+def check_layer_gradients(layer: Any, input_shape: Any = None, x: Any = None, training: bool = True,
                           eps: float = 1e-6, max_entries: int = 300, seed: int = 0) -> GradientCheckResult:
-    """Check a layer's ``backward`` (input and weight gradients) against finite differences.
+    """Check a layer's gradients (with respect to its inputs and weights) against finite differences.
 
     The layer must be unbuilt or built in float64. The scalar checked is ``sum(r * layer(x))`` for a
-    fixed random ``r``.
+    fixed random ``r``. A layer taking a list of inputs (a merging layer) gets a list of shapes or
+    arrays, and each input is checked (``input_0``, ``input_1``, ...).
 
     Args:
         layer: the layer (create it with ``dtype="float64"``).
-        input_shape: full input shape including the batch axis, for random ``x``.
-        x: an explicit input instead of ``input_shape``.
+        input_shape: full input shape including the batch axis, for random ``x`` (or a list of them).
+        x: an explicit input instead of ``input_shape`` (or a list of them).
         training: run the forward pass in training mode.
     """
     rng = np.random.default_rng(seed)
     if x is None:
         if input_shape is None:
             raise ValueError("check_layer_gradients needs input_shape or x. Received neither")
-        x = rng.standard_normal(input_shape)
-    # Contiguous, so that perturbing x.reshape(-1) perturbs x (a transposed view would reshape to a copy).
-    x = backend.to_device(np.ascontiguousarray(x, dtype=np.float64))
+        several = isinstance(input_shape, list) and all(isinstance(s, (list, tuple)) for s in input_shape)
+        x = [rng.standard_normal(s) for s in input_shape] if several else rng.standard_normal(input_shape)
+    several = isinstance(x, (list, tuple))
+    # Contiguous copies: perturbing a.reshape(-1) must perturb a (a transposed view would reshape to a
+    # copy), and one input only (the same array passed twice must be two inputs).
+    xs = [backend.to_device(np.array(a, dtype=np.float64, order="C")) for a in (x if several else [x])]
+
+    def packed(values: list) -> Any:
+        return list(values) if several else values[0]
+
     if layer.dtype != "float64":
         raise ValueError(f"Gradient checks run in float64: create the layer with dtype='float64'. "
                          f"Received: layer {layer.name!r} with dtype={layer.dtype}")
     replay_noise = _noise_replayer(layer._flatten_layers())
     replay_noise()
-    y = layer(x, training=training)  # builds the layer
+    y = layer(packed(xs), training=training)  # builds the layer
     r = backend.to_device(rng.standard_normal(np.shape(y)))
 
     def objective() -> float:
         replay_noise()
-        return float((layer(x, training=training) * r).sum())
+        return float((layer(packed(xs), training=training) * r).sum())
 
     replay_noise()
     with Tape() as tape:
-        x_leaf = Tensor(x, tape)
-        y = layer(x_leaf, training=training)
+        leaves = [Tensor(a, tape) for a in xs]
+        y = layer(packed(leaves), training=training)
     for v in layer.trainable_weights:
         v.grad[...] = 0
     tape.backward([(y, r)])
-    dx = x_leaf.grad if x_leaf.grad is not None else np.zeros_like(x)
     analytic = {v.name: backend.to_numpy(v.grad).copy() for v in layer.trainable_weights}
     errors: dict[str, float] = {}
-    _compare("input", dx, objective, x, eps, max_entries, rng, errors)
+    for i, (a, leaf) in enumerate(zip(xs, leaves)):
+        dx = leaf.grad if leaf.grad is not None else np.zeros_like(a)
+        _compare(f"input_{i}" if several else "input", dx, objective, a, eps, max_entries, rng, errors)
     for v in layer.trainable_weights:
         _compare(v.name, analytic[v.name], objective, v.value, eps, max_entries, rng, errors)
     return GradientCheckResult(errors)
@@ -158,13 +170,13 @@ def check_model_gradients(model: Any, x: Any, y: Any, sample_weight: Any = None,
                           max_entries: int = 300, seed: int = 0) -> GradientCheckResult:
     """Check a compiled float64 model's gradient of its mean training loss (fusions included)."""
     rng = np.random.default_rng(seed)
+    x_checked, ys, weights = model._check_xy(x, y, sample_weight)  # builds the model on first data
     if model.params.dtype != np.float64:
         raise ValueError("Gradient checks run in float64: call distnn.backend.set_floatx('float64') before "
                          f"building the model. Received: params of dtype {model.params.dtype}")
     replay_noise = _noise_replayer(model._flatten_layers())
     replay_noise()
     _, grads = model.compute_gradients(x, y, sample_weight)
-    x_checked, ys, weights = model._check_xy(x, y, sample_weight)
 
     def objective() -> float:
         replay_noise()
@@ -178,12 +190,9 @@ def check_model_gradients(model: Any, x: Any, y: Any, sample_weight: Any = None,
 
 
 def check_gradients(target: Any, *args: Any, **kwargs: Any) -> GradientCheckResult:
-    """Dispatch to the layer, loss or model check by the type of ``target``."""
-    from distnn.layers.base import Layer  # noqa: PLC0415
-    from distnn.losses import Loss  # noqa: PLC0415
-    from distnn.models import Model  # noqa: PLC0415
-
-    if isinstance(target, Model):
+    """Dispatch to the layer, loss or model check by the type of ``target`` (a model is a layer that
+    trains: told by its ``fit``, so that this module needs no import of the models)."""
+    if isinstance(target, Layer) and callable(getattr(target, "fit", None)):
         return check_model_gradients(target, *args, **kwargs)
     if isinstance(target, Layer):
         return check_layer_gradients(target, *args, **kwargs)

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from distnn import serialization
+
 
 def _fans(shape: tuple[int, ...]) -> tuple[float, float]:
     """Keras' fan computation: dense (in, out); conv (*kernel, in, out) -> receptive field × channels."""
@@ -155,25 +157,27 @@ _BY_NAME: dict[str, type[Initializer]] = {
     "glorot_uniform": GlorotUniform, "glorot_normal": GlorotNormal, "he_normal": HeNormal,
     "he_uniform": HeUniform, "lecun_normal": LecunNormal, "lecun_uniform": LecunUniform,
 }
-_CLASS_NAMES = {cls.__name__: cls for cls in _BY_NAME.values()}
+_TABLE: dict[str, type[Initializer]] = {**_BY_NAME, **{cls.__name__: cls for cls in _BY_NAME.values()}}
+serialization.register_builtins("distnn.initializers", _TABLE)
 
 
-def get(identifier: Any) -> Initializer:
-    """Resolve an initializer from a name (Keras spelling), a class name, a config dict or an instance."""
-    if isinstance(identifier, Initializer):
+def get(identifier: Any) -> Initializer | None:
+    """Resolve an initializer from a Keras name, a class name, a saved configuration (built-in or a
+    registered custom class) or an instance; ``None`` stays ``None``."""
+    if identifier is None or isinstance(identifier, Initializer):
         return identifier
-    if isinstance(identifier, dict):
-        cls = _CLASS_NAMES.get(identifier.get("class_name")) or _BY_NAME.get(identifier.get("class_name"))
-        if cls is None:
-            raise ValueError(f"Unknown initializer config {identifier!r}")
-        return cls(**identifier.get("config", {}))
-    if isinstance(identifier, str):
-        cls = _BY_NAME.get(identifier) or _CLASS_NAMES.get(identifier)
-        if cls is None:
-            raise ValueError(f"Unknown initializer {identifier!r}. Valid names: {sorted(_BY_NAME)}")
-        return cls()
+    if isinstance(identifier, (str, dict)):
+        initializer = serialization.resolve(identifier, _TABLE, "initializer")
+        if isinstance(initializer, Initializer):
+            return initializer
+        raise ValueError(f"{identifier!r} does not name an Initializer. Received: {initializer!r}")
     raise TypeError(f"initializer must be a string, a dict or an Initializer. Received: {identifier!r}")
 
 
 def serialize(initializer: Initializer) -> dict:
-    return {"class_name": type(initializer).__name__, "config": initializer.get_config()}
+    return serialization.serialize_keras_object(initializer)
+
+
+def deserialize(config: str | dict, custom_objects: dict | None = None) -> Initializer:
+    with serialization.custom_object_scope(custom_objects):
+        return get(config)

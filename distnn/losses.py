@@ -2,7 +2,7 @@
 
 A loss returns **per-sample** values (``call``) and their gradient w.r.t. the prediction
 (``gradient``); the training loop weights the samples and divides by the *global* number of
-samples in the step, which keeps N-rank training identical to one process (DESIGN.md).
+samples in the step, which keeps N-rank training identical to one process (docs/architecture.md).
 
 Softmax followed by categorical cross-entropy is fused: when the model's last activation is
 softmax, ``fused_gradient`` gives dL/d(logits) = ``p * sum(y) - y`` directly, which is exact and
@@ -24,18 +24,22 @@ from typing import Any
 
 import numpy as np
 
+from distnn import serialization
 from distnn.backend import get_array_module
 
 EPSILON = 1e-7  # Keras' backend.epsilon(): probabilities are clipped to [eps, 1 - eps]
+REDUCTIONS = ("sum_over_batch_size", "mean", "sum", "mean_with_sample_weight", "none", None)  # Keras 3's
+# What compile/fit trains on: the mean over the step's global batch; the others hold for direct calls
+# only (docs/architecture.md, "Loss reductions").
+TRAINING_REDUCTIONS = ("sum_over_batch_size", "mean")
 
 
 class Loss:
     """Base class. ``call`` -> per-sample loss of shape ``(batch,)``; ``gradient`` -> dloss_i/dy_pred."""
 
-    def __init__(self, name: str | None = None, reduction: str = "sum_over_batch_size"):
-        if reduction not in ("sum_over_batch_size", "sum", "none"):
-            raise ValueError(f"reduction must be 'sum_over_batch_size', 'sum' or 'none'. "
-                             f"Received: reduction={reduction!r}")
+    def __init__(self, name: str | None = None, reduction: str | None = "sum_over_batch_size"):
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}. Received: reduction={reduction!r}")
         self.name = name or _snake(type(self).__name__)
         self.reduction = reduction
 
@@ -65,16 +69,27 @@ class Loss:
                              f"output shape {tuple(output_shape)} (expected (n, {', '.join(map(str, output_shape[1:]))}))")
 
     def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
-        """The reduced loss, as Keras computes it (weighted sum / batch size by default)."""
+        """The loss of a batch, reduced as Keras 3 does: the values of ``call`` times
+        ``sample_weight``, then ``"sum_over_batch_size"``/``"mean"`` (default): their sum over their
+        count; ``"sum"``: their sum; ``"mean_with_sample_weight"``: their sum over the sum of the
+        weights; ``"none"``/``None``: the weighted values themselves."""
         xp = get_array_module(y_pred)
         y_true, y_pred = xp.asarray(y_true), xp.asarray(y_pred)
         values = self.call(y_true, y_pred)
         if sample_weight is not None:
-            values = values * xp.asarray(sample_weight, dtype=values.dtype).reshape(-1)
-        if self.reduction == "none":
+            weights = xp.asarray(sample_weight, dtype=values.dtype)
+            if weights.ndim == values.ndim + 1 and weights.shape[-1] == 1:
+                weights = weights[..., 0]  # (batch, 1) weights for per-sample values
+            values = values * weights.reshape(weights.shape + (1,) * (values.ndim - weights.ndim))
+        if self.reduction in (None, "none") or values.ndim == 0:
             return values
         total = values.sum()
-        return total if self.reduction == "sum" else total / max(1, values.shape[0])
+        if self.reduction == "sum":
+            return total
+        if self.reduction == "mean_with_sample_weight" and sample_weight is not None:
+            weight_sum = float(weights.sum())
+            return total / weight_sum if weight_sum else total * 0
+        return total / values.size if values.size else total
 
     def get_config(self) -> dict:
         return {"name": self.name, "reduction": self.reduction}
@@ -324,7 +339,12 @@ class LossFunctionWrapper(Loss):
     """A loss from a plain function ``fn(y_true, y_pred, **kwargs)`` written with ``distnn.ops``
     (Keras' ``LossFunctionWrapper``); the tape differentiates it."""
 
-    def __init__(self, fn: Any, name: str | None = None, reduction: str = "sum_over_batch_size", **kwargs: Any):
+    def __init__(self, fn: Any, name: str | None = None, reduction: str | None = "sum_over_batch_size",
+                 **kwargs: Any):
+        if isinstance(fn, (str, dict)):  # from a saved configuration: the function by its saved name
+            fn = serialization.deserialize_keras_object(fn, module_objects=_TABLE, printable_module_name="loss")
+        if not callable(fn):
+            raise TypeError(f"LossFunctionWrapper needs a function (y_true, y_pred). Received: fn={fn!r}")
         super().__init__(name=name or getattr(fn, "__name__", "loss"), reduction=reduction)
         self.fn, self.fn_kwargs = fn, kwargs
 
@@ -332,8 +352,11 @@ class LossFunctionWrapper(Loss):
         return self.fn(y_true, y_pred, **self.fn_kwargs)
 
     def get_config(self):
-        return {**super().get_config(), "fn": getattr(self.fn, "_registered_name", self.fn.__name__),
-                **self.fn_kwargs}
+        try:
+            fn = serialization.serialize_keras_object(self.fn)
+        except ValueError as exc:
+            raise ValueError(f"Cannot save the custom loss {self.name!r}: {exc}") from exc
+        return {**super().get_config(), "fn": fn, **self.fn_kwargs}
 
 
 _BY_NAME: dict[str, Any] = {
@@ -346,33 +369,30 @@ _BY_NAME: dict[str, Any] = {
     "kl_divergence": KLDivergence, "kld": KLDivergence, "kullback_leibler_divergence": KLDivergence,
 }
 _CLASSES = {cls.__name__: cls for cls in _BY_NAME.values()}
+_TABLE: dict[str, Any] = {**_BY_NAME, **_CLASSES, "LossFunctionWrapper": LossFunctionWrapper}
+serialization.register_builtins("distnn.losses", _TABLE)
 
 
 def get(identifier: Any, custom_objects: dict | None = None) -> Loss:
-    """Resolve a loss from a name (Keras spelling or alias), a class, a config dict or an instance."""
+    """Resolve a loss from a name (Keras spelling or alias), a class, a saved configuration, an
+    instance or a function ``(y_true, y_pred)`` (a registered one also by its name)."""
     if isinstance(identifier, Loss):
         return identifier
     if isinstance(identifier, type) and issubclass(identifier, Loss):
         return identifier()
-    if isinstance(identifier, dict):
-        from distnn.layers.base import registered_objects  # noqa: PLC0415 - lazy: the registry lives with the layers
-
-        classes = {**_CLASSES, **registered_objects(), **(custom_objects or {})}
-        cls = classes.get(identifier.get("class_name"))
-        if cls is None:
-            raise ValueError(f"Unknown loss class {identifier.get('class_name')!r}: pass it in custom_objects")
-        return cls.from_config(identifier.get("config", {}))
-    if isinstance(identifier, str):
-        if identifier not in _BY_NAME:
-            raise ValueError(f"Unknown loss {identifier!r}. Valid names: {sorted(_BY_NAME)}")
-        return _BY_NAME[identifier]()
-    if callable(identifier):
+    if isinstance(identifier, (str, dict)):
+        identifier = serialization.resolve(identifier, _TABLE, "loss", custom_objects)
+        if isinstance(identifier, Loss):
+            return identifier
+    if callable(identifier) and not isinstance(identifier, type):
         return LossFunctionWrapper(identifier)
     raise TypeError(f"loss must be a string, a Loss instance or a function (y_true, y_pred). "
                     f"Received: loss={identifier!r}")
 
 
 def serialize(loss: Loss) -> dict:
-    from distnn.layers.base import serializable_name  # noqa: PLC0415 - lazy: the registry lives with the layers
+    return serialization.serialize_keras_object(loss)
 
-    return {"class_name": serializable_name(type(loss)), "config": loss.get_config()}
+
+def deserialize(config: str | dict, custom_objects: dict | None = None) -> Loss:
+    return get(config, custom_objects)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from distnn import serialization
 from distnn.backend import get_array_module
 
 
@@ -68,22 +69,27 @@ class L2(L1L2):
         return {"l2": self.l2}
 
 
-_BY_NAME = {"l1": L1, "l2": L2, "l1_l2": L1L2, "L1": L1, "L2": L2, "L1L2": L1L2}
+_TABLE = {"l1": L1, "l2": L2, "l1_l2": L1L2, "L1": L1, "L2": L2, "L1L2": L1L2}
+serialization.register_builtins("distnn.regularizers", _TABLE)
 
 
 def get(identifier: Any) -> Regularizer | None:
+    """Resolve a regularizer from a Keras name, a saved configuration (built-in or a registered
+    custom class) or an instance; ``None`` stays ``None``."""
     if identifier is None or isinstance(identifier, Regularizer):
         return identifier
-    if isinstance(identifier, dict):
-        return _BY_NAME[identifier["class_name"]](**identifier.get("config", {}))
-    if isinstance(identifier, str):
-        if identifier not in _BY_NAME:
-            raise ValueError(f"Unknown regularizer {identifier!r}. Valid names: ['l1', 'l1_l2', 'l2']")
-        return _BY_NAME[identifier]()
+    if isinstance(identifier, (str, dict)):
+        regularizer = serialization.resolve(identifier, _TABLE, "regularizer")
+        if isinstance(regularizer, Regularizer):
+            return regularizer
+        raise ValueError(f"{identifier!r} does not name a Regularizer. Received: {regularizer!r}")
     raise TypeError(f"regularizer must be a string, a dict or a Regularizer. Received: {identifier!r}")
 
 
 def serialize(regularizer: Regularizer | None) -> dict | None:
-    if regularizer is None:
-        return None
-    return {"class_name": type(regularizer).__name__, "config": regularizer.get_config()}
+    return None if regularizer is None else serialization.serialize_keras_object(regularizer)
+
+
+def deserialize(config: str | dict, custom_objects: dict | None = None) -> Regularizer:
+    with serialization.custom_object_scope(custom_objects):
+        return get(config)

@@ -368,7 +368,7 @@ def _run(cmd: list[str], env: dict[str, str]) -> int:
     proc = subprocess.Popen(cmd, env=env)
 
     def forward(signum: int, _frame: object) -> None:
-        # mpiexec passes the signal on to every rank (DESIGN: SIGTERM checkpoints and exits).
+        # mpiexec passes the signal on to every rank (SIGTERM checkpoints and exits).
         proc.send_signal(signum)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}

@@ -7,220 +7,245 @@ Layout of ``model.save(path)``::
     weights.npz      w0, w1, ... in the model's variable order
     optimizer.npz    the optimizer's flat state and step count (when compiled and built)
 
-``load_model`` rebuilds layers from their registered classes (or ``custom_objects``) and reads
-arrays with ``allow_pickle=False``. Files are written to a temporary name, fsynced and renamed,
-so a crash never leaves a half-written model under the final name.
+Saving streams the members array by array into a temporary file (no copy of the model in memory),
+fsyncs it and renames it, so a crash never leaves a half-written model under the final name.
+Loading checks the archive (``distnn.archive``), the configuration and every array header against
+the weight table before it reads an array; it rebuilds the model under a weight budget taken from
+that table, from registered classes (or ``custom_objects``) only. Every failure is a ``ValueError``
+naming the file (docs/architecture.md, "Reliability: files and backups").
 """
 from __future__ import annotations
 
 import io
-import json
+import math
 import os
-import tempfile
 import zipfile
 from typing import Any
 
-import numpy as np
-
-from distnn import losses, optimizers
+from distnn import backend, layers, losses, metrics, optimizers, weight_budget
+from distnn.archive import ArchiveReader, ArrayEntry, ZipStreamWriter, atomic_file, match_entries
+# Keras 3's keras.saving names (distnn.saving.register_keras_serializable, ...): the registry's.
+from distnn.serialization import (CustomObjectScope, custom_object_scope, deserialize_keras_object,  # noqa: F401
+                                  get_custom_objects, get_registered_name, get_registered_object,
+                                  register_keras_serializable, register_serializable, serialize_keras_object)
 
 FORMAT_VERSION = 1
-
-
-def atomic_write(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a fsynced temporary file and an atomic rename."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
-
-
-def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
-
-
-def read_npz(data: bytes) -> dict[str, np.ndarray]:
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        return {key: npz[key] for key in npz.files}
-
-
-def _layer_classes(custom_objects: dict | None) -> dict[str, type]:
-    import distnn.layers as layers_module  # noqa: PLC0415 - every layer class, by name
-    import distnn.models as models_module  # noqa: PLC0415 - models import this module lazily
-    from distnn.layers.base import Layer, registered_objects  # noqa: PLC0415
-
-    classes = {name: obj for module in (layers_module, models_module) for name, obj in vars(module).items()
-               if isinstance(obj, type) and issubclass(obj, Layer)}
-    return {**classes, **registered_objects(), **(custom_objects or {})}
-
-
-def serialize_layer(layer: Any) -> dict:
-    """``{"class_name", "config"}`` of a layer or model: the unit of every saved configuration."""
-    from distnn.layers.base import serializable_name  # noqa: PLC0415
-
-    return {"class_name": serializable_name(type(layer)), "config": layer.get_config()}
-
-
-def deserialize_layer(entry: dict, custom_objects: dict | None = None) -> Any:
-    """A layer (or model) from ``serialize_layer``'s dict; only known or given classes are built."""
-    if not isinstance(entry, dict) or "class_name" not in entry:
-        raise ValueError(f"A layer configuration must be a dict with a class_name. Received: {entry!r:.200}")
-    cls = _layer_classes(custom_objects).get(entry["class_name"])
-    if cls is None:
-        raise ValueError(f"Unknown layer class {entry['class_name']!r}: pass it in custom_objects or "
-                         "decorate it with @distnn.layers.register_serializable()")
-    config = entry.get("config", {})
-    from distnn.models import Model  # noqa: PLC0415
-
-    if issubclass(cls, Model) and "custom_objects" in cls.from_config.__code__.co_varnames:
-        return cls.from_config(config, custom_objects=custom_objects)
-    return cls.from_config(config)
+MODEL_MEMBERS = {"config.json", "weights.npz"}
+OPTIONAL_MEMBERS = {"optimizer.npz"}
 
 
 def serialize_model_config(model: Any) -> dict:
-    return serialize_layer(model)
+    """``{"module", "class_name", "config"}`` of a model: the ``"model"`` entry of ``config.json``."""
+    return layers.serialize(model)
 
 
 def deserialize_model_config(config: dict, custom_objects: dict | None = None) -> Any:
-    """A model from ``serialize_model_config``; distnn 0.1 files (a bare Sequential config) too."""
-    if "class_name" not in config:
-        from distnn.models import Sequential  # noqa: PLC0415
+    """A model from ``serialize_model_config``; distnn 0.1 files (a bare Sequential config) too.
+    Classes come from the registry (``distnn.serialization``): this module never imports the models."""
+    if isinstance(config, dict) and "class_name" not in config:
+        config = {"module": "distnn.models", "class_name": "Sequential", "config": config}
+    return layers.deserialize(config, custom_objects)
 
-        return Sequential.from_config(config, custom_objects)
-    return deserialize_layer(config, custom_objects)
 
-
-def _compile_config(model: Any) -> dict | None:
+def compile_config(model: Any) -> dict | None:
+    """The saved form of ``compile``'s arguments (``None`` when the model is not compiled)."""
     if not model.compiled:
         return None
     args = model._compile_args
-
-    def names_only(value: Any, what: str) -> Any:
-        if value is None or isinstance(value, str):
-            return value
-        if isinstance(value, (list, tuple)):
-            return [names_only(v, what) for v in value]
-        if isinstance(value, dict):
-            return {k: names_only(v, what) for k, v in value.items()}
-        raise ValueError(f"Cannot save the custom {what} {value!r}: only names are saved; compile the loaded "
-                         "model again with it")
-
-    def loss_config(value: Any) -> Any:
-        if isinstance(value, (list, tuple)):
-            return [loss_config(v) for v in value]
-        if isinstance(value, dict):
-            return {k: loss_config(v) for k, v in value.items()}
-        return None if value is None else losses.serialize(losses.get(value))
-
-    return {"optimizer": optimizers.serialize(model.optimizer), "loss": loss_config(args["loss"]),
-            "loss_weights": args["loss_weights"], "metrics": names_only(args["metrics"], "metric"),
-            "weighted_metrics": names_only(args["weighted_metrics"], "metric")}
+    return {"optimizer": optimizers.serialize(model.optimizer),
+            "loss": _per_output(args["loss"], lambda loss: losses.serialize(losses.get(loss))),
+            "loss_weights": args["loss_weights"], "metrics": _per_output(args["metrics"], metrics.serialize),
+            "weighted_metrics": _per_output(args["weighted_metrics"], metrics.serialize)}
 
 
-def _loss_from_config(value: Any, custom_objects: dict | None) -> Any:
-    if isinstance(value, list):
-        return [_loss_from_config(v, custom_objects) for v in value]
+def _per_output(value: Any, convert: Any) -> Any:
+    """``convert`` over a compile argument: one value, a list (in output order, or of metrics) or a
+    dict keyed by output name; a saved object's dict (it has a class_name) is one value."""
+    if isinstance(value, (list, tuple)):
+        return [_per_output(v, convert) for v in value]
     if isinstance(value, dict) and "class_name" not in value:
-        return {k: _loss_from_config(v, custom_objects) for k, v in value.items()}
-    return None if value is None else losses.get(value, custom_objects)
+        return {k: _per_output(v, convert) for k, v in value.items()}
+    return None if value is None else convert(value)
 
 
-def model_archive(model: Any, include_optimizer: bool = True) -> dict[str, bytes]:
-    """The members of a model file (also used by checkpoints)."""
+def write_model_members(archive: ZipStreamWriter, model: Any, include_optimizer: bool = True) -> None:
+    """Stream the members of a model file into ``archive`` (also used by training backups)."""
     model._require_built("save()")
     variables = model.variables
-    config = {"format": "distnn", "version": FORMAT_VERSION, "model": serialize_model_config(model),
-              "compile": _compile_config(model), "weights": [[v.name, list(v.shape)] for v in variables]}
-    members = {"config.json": json.dumps(config, indent=1).encode(),
-               "weights.npz": npz_bytes({f"w{i}": v.numpy() for i, v in enumerate(variables)})}
+    archive.write_json("config.json", {
+        "format": "distnn", "version": FORMAT_VERSION, "model": serialize_model_config(model),
+        "compile": compile_config(model), "weights": [[v.name, list(v.shape)] for v in variables]})
+    archive.write_npz("weights.npz", [(f"w{i}", v.value) for i, v in enumerate(variables)])
     if include_optimizer and model.compiled and model.optimizer.built:
-        members["optimizer.npz"] = npz_bytes(model.optimizer.get_state())
-    return members
-
-
-def zip_bytes(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-        for name, payload in members.items():
-            archive.writestr(name, payload)
-    return buffer.getvalue()
-
-
-def read_zip(path: str) -> dict[str, bytes]:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return {name: archive.read(name) for name in archive.namelist()}
-    except zipfile.BadZipFile as exc:
-        raise ValueError(f"{path} is not a distnn model file (not a zip archive)") from exc
+        archive.write_npz("optimizer.npz", model.optimizer.state_items())
 
 
 def save_model(model: Any, filepath: str) -> None:
-    atomic_write(filepath, zip_bytes(model_archive(model)))
-
-
-def model_from_archive(members: dict[str, bytes], custom_objects: dict | None = None, compile: bool = True,  # noqa: A002
-                       source: str = "archive") -> Any:
-    if "config.json" not in members or "weights.npz" not in members:
-        raise ValueError(f"{source} is not a distnn model file: config.json or weights.npz is missing")
-    config = json.loads(members["config.json"])
-    if config.get("format") != "distnn":
-        raise ValueError(f"{source} is not a distnn model file (format={config.get('format')!r})")
-    model = deserialize_model_config(config["model"], custom_objects)
-    if not model.built:
-        raise ValueError(f"{source}: the saved model has no input shape, so it cannot be rebuilt")
-    _assign_weights(model, read_npz(members["weights.npz"]), config["weights"], source)
-    if compile and config.get("compile"):
-        compiled = config["compile"]
-        model.compile(optimizer=optimizers.get(compiled["optimizer"], custom_objects),
-                      loss=_loss_from_config(compiled["loss"], custom_objects),
-                      loss_weights=compiled.get("loss_weights"), metrics=compiled["metrics"],
-                      weighted_metrics=compiled.get("weighted_metrics"))
-        if "optimizer.npz" in members:
-            model.optimizer.set_state(read_npz(members["optimizer.npz"]))
-    return model
-
-
-def load_model(filepath: str, custom_objects: dict | None = None, compile: bool = True) -> Any:  # noqa: A002
-    return model_from_archive(read_zip(filepath), custom_objects, compile, source=os.fspath(filepath))
-
-
-def _assign_weights(model: Any, arrays: dict[str, np.ndarray], table: list, source: str) -> None:
-    variables = model.variables
-    if len(table) != len(variables):
-        raise ValueError(f"{source} holds {len(table)} weights but the model has {len(variables)}")
-    for i, (variable, (name, shape)) in enumerate(zip(variables, table)):
-        if tuple(shape) != variable.shape:
-            raise ValueError(f"{source}: weight {i} ({name}) has shape {tuple(shape)}, but the model's "
-                             f"{variable.name} has shape {variable.shape}")
-        variable.assign(arrays[f"w{i}"])
+    with atomic_file(filepath) as f, ZipStreamWriter(f) as archive:
+        write_model_members(archive, model)
 
 
 def save_weights(model: Any, filepath: str) -> None:
     """Weights only: a zip with the weight table and arrays."""
-    members = model_archive(model, include_optimizer=False)
-    atomic_write(filepath, zip_bytes(members))
+    with atomic_file(filepath) as f, ZipStreamWriter(f) as archive:
+        write_model_members(archive, model, include_optimizer=False)
+
+
+def model_archive(model: Any, include_optimizer: bool = True) -> dict[str, bytes]:
+    """The members of a model file as bytes, in memory: for tools and tests (saving streams them)."""
+    buffer = io.BytesIO()
+    with ZipStreamWriter(buffer) as archive:
+        write_model_members(archive, model, include_optimizer)
+    with zipfile.ZipFile(buffer) as z:
+        return {name: z.read(name) for name in z.namelist()}
+
+
+def zip_bytes(members: dict[str, bytes]) -> bytes:
+    """A zip of ``members`` as distnn writes it (stored members), in memory."""
+    buffer = io.BytesIO()
+    with ZipStreamWriter(buffer) as archive:
+        for name, payload in members.items():
+            archive.write_bytes(name, payload)
+    return buffer.getvalue()
+
+
+# ------------------------------------------------------------------------------------- checking
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_config(config: Any, where: str) -> list[tuple[str, tuple[int, ...]]]:
+    """Check the generic parts of a ``config.json`` (format, version, weight table, section types);
+    returns the weight table. The model configuration itself is checked by rebuilding it."""
+    if not isinstance(config, dict) or config.get("format") != "distnn":
+        found = config.get("format") if isinstance(config, dict) else type(config).__name__
+        raise ValueError(f"{where} is not a distnn model file (format={found!r})")
+    version = config.get("version")
+    if not _is_int(version) or not 1 <= version <= FORMAT_VERSION:
+        raise ValueError(f"{where}: unsupported version {version!r}; this distnn reads versions 1 to {FORMAT_VERSION}")
+    if not isinstance(config.get("model"), dict):
+        raise ValueError(f"{where}: 'model' must be a JSON object. Received: {type(config.get('model')).__name__}")
+    compiled = config.get("compile")
+    if compiled is not None and not (isinstance(compiled, dict) and isinstance(compiled.get("optimizer"), (dict, str))
+                                     and isinstance(compiled.get("loss"), (dict, str, list))):
+        raise ValueError(f"{where}: 'compile' must be null or an object with 'optimizer' and 'loss' (their values "
+                         f"are checked by compile()). Received: {compiled!r:.200}")
+    table = config.get("weights")
+    if not isinstance(table, list):
+        raise ValueError(f"{where}: the weight table 'weights' must be a list. Received: {type(table).__name__}")
+    checked = []
+    for i, item in enumerate(table):
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], list)
+                and all(_is_int(d) and d >= 0 for d in item[1])):
+            raise ValueError(f"{where}: weight table entry {i} must be [name, [non-negative dims]]. "
+                             f"Received: {item!r:.200}")
+        checked.append((item[0], tuple(item[1])))
+    return checked
+
+
+def weight_entries(archive: ArchiveReader, table: list[tuple[str, tuple[int, ...]]]) -> list[ArrayEntry]:
+    """The headers of ``weights.npz``, which must match the weight table exactly."""
+    expected = [(f"w{i}", shape) for i, (_, shape) in enumerate(table)]
+    return match_entries(archive.npz_arrays("weights.npz"), expected, f"{archive.path}: weights.npz")
+
+
+def check_variables(variables: list, table: list[tuple[str, tuple[int, ...]]], where: str) -> None:
+    """The model's variables must have the weight table's count and shapes."""
+    if len(table) != len(variables):
+        raise ValueError(f"{where} holds {len(table)} weights but the model has {len(variables)}")
+    for i, (variable, (name, shape)) in enumerate(zip(variables, table)):
+        if shape != variable.shape:
+            raise ValueError(f"{where}: weight {i} ({name}) has shape {shape}, but the model's "
+                             f"{variable.name} has shape {variable.shape}")
+
+
+def read_weights(archive: ArchiveReader, entries: list[ArrayEntry], variables: list) -> None:
+    """Read every weight straight into its variable (through one array-sized host buffer on a GPU)."""
+    for entry, variable in zip(entries, variables):
+        array = archive.read_array(entry, variable.value)
+        if array is not variable.value:
+            variable.assign(array)
+
+
+def optimizer_entries(archive: ArchiveReader, optimizer: Any) -> list[ArrayEntry]:
+    """The headers of ``optimizer.npz``, which must hold exactly the state of ``optimizer`` (built)."""
+    expected = [(name, tuple(value.shape)) for name, value in optimizer.state_items()]
+    return match_entries(archive.npz_arrays("optimizer.npz"), expected, f"{archive.path}: optimizer.npz")
+
+
+def read_optimizer_state(archive: ArchiveReader, entries: list[ArrayEntry], optimizer: Any) -> dict[str, Any]:
+    """Read the optimizer state in place (slots straight into their arrays); returns the small
+    non-slot values (``iterations``...), which ranks without the file receive by broadcast."""
+    small = {}
+    for entry in entries:
+        if entry.key in optimizer.slots:
+            slot = optimizer.slots[entry.key]
+            array = archive.read_array(entry, slot)
+            if array is not slot:
+                slot[...] = backend.to_device(array)
+        else:
+            small[entry.key] = archive.read_array(entry)
+    set_optimizer_scalars(optimizer, small)
+    return small
+
+
+def set_optimizer_scalars(optimizer: Any, small: dict[str, Any]) -> None:
+    """Set the non-slot optimizer state (the slots already hold their values)."""
+    optimizer.set_state({**optimizer.slots, **small})
+
+
+# -------------------------------------------------------------------------------------- loading
+def _rebuild(config: dict, custom_objects: dict | None, table: list, where: str) -> Any:
+    """The model of ``config``, allowed to create no more weight values than ``table`` holds."""
+    try:
+        with weight_budget.limit(sum(math.prod(shape) for _, shape in table)):
+            model = deserialize_model_config(config["model"], custom_objects)
+    except Exception as exc:  # the layers' own checks raise many types on a malformed configuration
+        detail = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+        raise ValueError(f"{where}: the model in config.json cannot be rebuilt: {detail}") from exc
+    if not model.built:
+        raise ValueError(f"{where}: the saved model has no input shape, so it cannot be rebuilt")
+    return model
+
+
+def _compile(model: Any, compiled: dict, custom_objects: dict | None, where: str) -> None:
+    try:
+        model.compile(optimizer=optimizers.get(compiled["optimizer"], custom_objects),
+                      loss=_per_output(compiled["loss"], lambda v: losses.get(v, custom_objects)),
+                      loss_weights=compiled.get("loss_weights"),
+                      metrics=_per_output(compiled.get("metrics"), lambda v: metrics.deserialize(v, custom_objects)),
+                      weighted_metrics=_per_output(compiled.get("weighted_metrics"),
+                                                   lambda v: metrics.deserialize(v, custom_objects)))
+    except Exception as exc:  # optimizer and loss configs are checked by their constructors
+        detail = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+        raise ValueError(f"{where}: the compile settings in config.json are not valid: {detail}") from exc
+
+
+def load_model(filepath: str, custom_objects: dict | None = None, compile: bool = True) -> Any:  # noqa: A002
+    where = os.fspath(filepath)
+    with ArchiveReader(where, MODEL_MEMBERS, OPTIONAL_MEMBERS) as archive:
+        config = archive.read_json("config.json")
+        table = check_config(config, where)
+        entries = weight_entries(archive, table)
+        model = _rebuild(config, custom_objects, table, where)
+        check_variables(model.variables, table, where)
+        read_weights(archive, entries, model.variables)
+        if compile and config.get("compile"):
+            _compile(model, config["compile"], custom_objects, where)
+            if "optimizer.npz" in archive.names and model.optimizer.built:
+                read_optimizer_state(archive, optimizer_entries(archive, model.optimizer), model.optimizer)
+    return model
 
 
 def load_weights(model: Any, filepath: str) -> None:
-    members = read_zip(filepath)
-    if "weights.npz" not in members:
-        raise ValueError(f"{filepath} holds no weights.npz")
-    table = json.loads(members["config.json"])["weights"]
-    _assign_weights(model, read_npz(members["weights.npz"]), table, os.fspath(filepath))
+    """Weights from a model or weights file into the built ``model``. Every array is checked
+    (CRC-32) before any is assigned, so a damaged file leaves the model as it was."""
+    where = os.fspath(filepath)
+    model._require_built("load_weights()")
+    with ArchiveReader(where, MODEL_MEMBERS, OPTIONAL_MEMBERS) as archive:
+        table = check_config(archive.read_json("config.json"), where)
+        check_variables(model.variables, table, where)
+        entries = weight_entries(archive, table)
+        for entry in entries:
+            archive.verify_array(entry)
+        read_weights(archive, entries, model.variables)

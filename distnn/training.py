@@ -3,7 +3,7 @@
 With more than one rank, every step takes the next *global* batch of the epoch's order and each
 rank backpropagates its shard's per-sample losses divided by the *global* number of samples in the
 step; one in-place allreduce of the flat gradient then sums the shards into exactly the
-single-process gradient (DESIGN.md). Metric states are sums too and are reduced the same way (with
+single-process gradient (docs/architecture.md). Metric states are sums too and are reduced the same way (with
 a stop flag riding along), so logs, History and callbacks see global values on every rank.
 """
 from __future__ import annotations
@@ -22,7 +22,8 @@ from distnn.layers.base import _fused_vjp
 from distnn.ops import symbolic
 from distnn.ops.core import Tape, Tensor, value_of
 from distnn.ops.numpy import mean as ops_mean, multiply as ops_multiply, reshape as ops_reshape, sum as ops_sum
-from distnn.utils import global_rng
+from distnn.global_state import global_rng
+from distnn.random import training_step
 
 
 @dataclasses.dataclass
@@ -43,7 +44,7 @@ class TrainingProgress:
 
 
 def _communicator() -> Any:
-    from distnn.distributed import get_communicator  # noqa: PLC0415 - keeps MPI out of plain imports
+    from distnn.distributed.world import get_communicator  # noqa: PLC0415 - keeps MPI out of plain imports
 
     return get_communicator()
 
@@ -296,6 +297,8 @@ class TrainingMixin:
         comm.allreduce(self.grads, op="sum")
         self._add_regularization_gradients()
         self.optimizer.apply(self.params, self.grads)
+        for v in self._constrained:  # as Keras: each variable's constraint after every update
+            v.value[...] = v.constraint(v.value)
         return comm.allreduce(states, op="sum") if comm.size > 1 else states
 
     def compute_gradients(self, x: Any, y: Any, sample_weight: Any = None) -> tuple[float, np.ndarray]:
@@ -440,7 +443,9 @@ class TrainingMixin:
         self.stop_requested = False
         self._stop_now = False
         self.progress = TrainingProgress(epoch=initial_epoch, step=0, totals=np.zeros(self._state_size()))
+        self._fit_arrays = (x, ys, sample_weight)  # a BackupAndRestore callback fingerprints the data
         cb.on_train_begin()  # a BackupAndRestore callback may move self.progress to a saved point
+        self._fit_arrays = None
         while self.progress.epoch < epochs:
             epoch = self.progress.epoch
             cb.on_epoch_begin(epoch)
@@ -472,8 +477,10 @@ class TrainingMixin:
             cb.on_train_batch_begin(step)
             start, stop = data.shard_bounds(len(batch), comm.rank, comm.size)
             local = batch[start:stop]
-            states = self._train_step(data.take(x, local), [data.take(t, local) for t in ys],
-                                      data.take(sample_weight, local), len(batch), comm)
+            # Random layers draw per global sample, from (data seed, epoch, step): N ranks = 1 process.
+            with training_step(self._data_seed, (progress.epoch, step), offset=start, count=stop - start):
+                states = self._train_step(data.take(x, local), [data.take(t, local) for t in ys],
+                                          data.take(sample_weight, local), len(batch), comm)
             progress.totals += states[:-1]
             progress.step += 1
             # A stop request (a preemption signal on any rank) is summed with the metrics, so every
@@ -584,10 +591,12 @@ class TrainingMixin:
         if self._synced_with is not comm:
             self._sync_replicas(comm)
             self._synced_with = comm
+            self._batch_seed = comm.bcast_obj(int(global_rng().integers(2**31)), root=0)  # for random layers
         start, stop = data.shard_bounds(len(ys[0]), comm.rank, comm.size)
         local = slice(start, stop)
-        states = self._train_step(data.take(x, local), [data.take(t, local) for t in ys],
-                                  data.take(sample_weight, local), len(ys[0]), comm)
+        with training_step(self._batch_seed, (self.optimizer.iterations,), offset=start, count=stop - start):
+            states = self._train_step(data.take(x, local), [data.take(t, local) for t in ys],
+                                      data.take(sample_weight, local), len(ys[0]), comm)
         logs = self._logs_from(states[:-1])
         if return_dict:
             return logs

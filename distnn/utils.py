@@ -1,31 +1,27 @@
-"""Utilities with Keras names: ``to_categorical``, ``normalize``, ``set_random_seed``, gradient checks."""
+"""Utilities with Keras names: ``to_categorical``, ``normalize``, ``set_random_seed``, ``clear_session``,
+the gradient checks, and (as in Keras 3) the serialization registry's functions.
+
+Nothing inside distnn imports this module: it only gathers public names (the generator and the
+layer-name counters live in ``distnn.global_state``), so it may import anything without a cycle.
+"""
 from __future__ import annotations
 
-import random
 from typing import Any
 
 import numpy as np
 
-_global_rng = np.random.default_rng()
+from distnn.global_state import clear_session, global_rng, set_random_seed
+from distnn.gradient_check import (check_gradients, check_layer_gradients, check_loss_gradients,
+                                   check_model_gradients)
+from distnn.serialization import (CustomObjectScope, custom_object_scope, deserialize_keras_object,
+                                  get_custom_objects, get_registered_name, get_registered_object,
+                                  register_keras_serializable, serialize_keras_object)
 
-
-def set_random_seed(seed: int) -> None:
-    """Make a run reproducible with one call: seeds Python, numpy and distnn's own generator.
-
-    Under MPI every rank calls this with the same seed; weights still come from rank 0's broadcast,
-    so only the data order and dropout masks depend on it.
-    """
-    global _global_rng
-    if not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer. Received: seed={seed!r}")
-    random.seed(int(seed))
-    np.random.seed(int(seed) % 2**32)
-    _global_rng = np.random.default_rng(int(seed))
-
-
-def global_rng() -> np.random.Generator:
-    """distnn's process-wide generator (initial weights, dropout masks without their own seed)."""
-    return _global_rng
+__all__ = ["to_categorical", "normalize", "set_random_seed", "clear_session", "global_rng", "check_gradients",
+           "check_layer_gradients", "check_loss_gradients", "check_model_gradients",
+           # Keras 3 also offers the serialization registry under keras.utils
+           "CustomObjectScope", "custom_object_scope", "deserialize_keras_object", "get_custom_objects",
+           "get_registered_name", "get_registered_object", "register_keras_serializable", "serialize_keras_object"]
 
 
 def to_categorical(y: Any, num_classes: int | None = None, dtype: str = "float32") -> np.ndarray:
@@ -61,19 +57,3 @@ def normalize(x: Any, axis: int = -1, order: int = 2) -> np.ndarray:
     x = np.asarray(x)
     norm = np.linalg.norm(x, ord=order, axis=axis, keepdims=True)
     return x / np.where(norm == 0, 1, norm)
-
-
-def clear_session() -> None:
-    """Reset automatic layer names (``dense``, ``dense_1``, ...), as Keras' ``clear_session``."""
-    from distnn.layers.base import reset_name_counters  # noqa: PLC0415 - layers import this module
-
-    reset_name_counters()
-
-
-def __getattr__(name: str) -> Any:
-    # The gradient checker imports the layer machinery; load it only when asked for.
-    if name in ("check_gradients", "check_layer_gradients", "check_loss_gradients", "check_model_gradients"):
-        from distnn import gradient_check  # noqa: PLC0415
-
-        return getattr(gradient_check, name)
-    raise AttributeError(f"module 'distnn.utils' has no attribute {name!r}")

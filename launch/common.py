@@ -25,6 +25,8 @@ def parser(description: str, epochs: int, batch_size: int, optimizer: str) -> ar
     p.add_argument("--backup-dir", default=None, help="write backups here (rank 0) and resume from the newest")
     p.add_argument("--save-freq", default="epoch", help="'epoch' or a number of steps between backups")
     p.add_argument("--keep-backups", action="store_true", help="keep the backups after training finishes")
+    p.add_argument("--resume", choices=("auto", "force"), default="auto",
+                   help="auto: resume only backups of this same experiment; force: resume the newest anyway")
     p.add_argument("--limit", type=int, default=None, help="train on the first N samples only")
     p.add_argument("--save-weights", default=None, help="rank 0 writes the final flat weights to this .npy file")
     p.add_argument("--save-model", default=None, help="rank 0 saves the trained model to this file")
@@ -53,7 +55,8 @@ def callbacks_from(args: argparse.Namespace) -> list:
     from distnn.callbacks import BackupAndRestore  # noqa: PLC0415
 
     save_freq = args.save_freq if args.save_freq == "epoch" else int(args.save_freq)
-    return [BackupAndRestore(args.backup_dir, save_freq=save_freq, delete_checkpoint=not args.keep_backups)]
+    return [BackupAndRestore(args.backup_dir, save_freq=save_freq, delete_checkpoint=not args.keep_backups,
+                             resume=args.resume)]
 
 
 def finish(model: Any, args: argparse.Namespace, x_test: np.ndarray, y_test: np.ndarray) -> float:

@@ -8,9 +8,11 @@ import warnings
 import numpy as np
 import pytest
 
+from conftest import run_python
 from distnn import activations
 from distnn.layers import Dense, register_serializable
 from distnn.models import Sequential, load_model
+from distnn.ops.math import erf_values
 
 X = np.linspace(-6, 6, 49).reshape(7, 7)
 _erf = np.vectorize(math.erf)
@@ -153,3 +155,35 @@ def test_registered_custom_activation_saves_and_loads(tmp_path):
     x = np.array([[0.5, -1.0], [2.0, 1.0]], dtype="float32")
     np.testing.assert_array_equal(restored.predict(x, verbose=0), model.predict(x, verbose=0))
     assert isinstance(activations.get("CubeForTest"), CubeForTest)
+
+
+def test_gelu_needs_no_scipy(tmp_path):
+    # scipy is not a dependency of distnn: the exact GELU must work where importing it fails.
+    script = tmp_path / "gelu_without_scipy.py"
+    script.write_text(
+        "import math, sys\n"
+        "sys.modules['scipy'] = None  # any import of scipy now raises ImportError\n"
+        "import numpy as np\n"
+        "from distnn import activations\n"
+        "x = np.linspace(-8, 8, 161)\n"
+        "gelu = activations.get('gelu')\n"
+        "y = gelu(x.copy())\n"
+        "erf = np.array([math.erf(v / math.sqrt(2)) for v in x])\n"
+        "assert np.abs(y - 0.5 * x * (1 + erf)).max() < 1e-14, 'forward'\n"
+        "d = gelu.backward(np.ones_like(x), x, y)\n"
+        "expected = 0.5 * (1 + erf) + x * np.exp(-x * x / 2) / math.sqrt(2 * math.pi)\n"
+        "assert np.abs(d - expected).max() < 1e-14, 'backward'\n"
+        "print('ok')\n")
+    result = run_python([str(script)], timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_erf_matches_math_erf_to_double_precision():
+    x = np.concatenate([np.linspace(-30, 30, 20001), [0.46875, -0.46875, 4.0, -4.0, 27.0, 1e-300, -0.0]])
+    expected = np.array([math.erf(v) for v in x])
+    np.testing.assert_allclose(erf_values(x), expected, rtol=4e-16, atol=3e-16)
+    assert np.signbit(erf_values(np.array([-0.0])))[0]  # erf is odd, -0 included, as math.erf
+    np.testing.assert_array_equal(erf_values(np.array([np.inf, -np.inf])), [1.0, -1.0])
+    assert np.isnan(erf_values(np.array([np.nan])))[0]
+    single = erf_values(x.astype(np.float32))
+    assert single.dtype == np.float32 and np.abs(single - expected).max() < 2e-7

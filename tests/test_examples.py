@@ -7,7 +7,7 @@ import pytest
 import distnn
 from distnn import backend
 from distnn.layers import Dense
-from distnn.layers.base import registered_objects
+from distnn.saving import get_custom_objects
 from distnn.models import Sequential, load_model
 from distnn.utils import check_layer_gradients, check_loss_gradients, check_model_gradients
 
@@ -75,8 +75,8 @@ def test_custom_layer_and_loss_pass_the_gradient_checker(custom, float64):
 
 
 def test_custom_classes_are_registered_and_reload_by_name(custom, tmp_path):
-    assert registered_objects()["ParametricReLU"] is custom.ParametricReLU
-    assert registered_objects()["MeanPowerError"] is custom.MeanPowerError
+    assert get_custom_objects()["ParametricReLU"] is custom.ParametricReLU
+    assert get_custom_objects()["MeanPowerError"] is custom.MeanPowerError
     model = custom.build_model()
     x, y = custom.make_data(64)
     model.fit(x, y, epochs=3, batch_size=16, verbose=0)

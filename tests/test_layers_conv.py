@@ -183,8 +183,8 @@ def test_input_errors():
         Conv2D(2, 3)(np.zeros((2, 5, 5), np.float32))
     with pytest.raises(ValueError, match="too small"):
         Sequential([Conv2D(2, 5, input_shape=(3, 3, 1))])
-    with pytest.raises(TypeError, match="groups"):
-        Conv2D(2, 3, groups=2)
+    with pytest.raises(ValueError, match="groups=2, filters=3"):  # groups are supported; they must divide
+        Conv2D(3, 3, groups=2)
 
 
 def test_get_config_round_trip():

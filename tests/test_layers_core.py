@@ -172,3 +172,38 @@ def test_set_weights_checks_count_and_shapes():
         layer.set_weights(new[:1])
     with pytest.raises(ValueError, match=r"shape \(2, 3\)"):
         layer.set_weights([new[0].T, new[1]])
+
+
+def test_flatten_channels_first_moves_channels_last_as_keras():
+    x = RNG.normal(size=(2, 3, 4, 5))
+    channels_first = Flatten(data_format="channels_first")
+    np.testing.assert_array_equal(channels_first(x), np.moveaxis(x, 1, -1).reshape(2, -1))
+    np.testing.assert_array_equal(Flatten()(x), x.reshape(2, -1))
+    np.testing.assert_array_equal(channels_first(x[:, :, 0, 0]), x[:, :, 0, 0])  # 2-D inputs: nothing to move
+    assert Flatten().data_format == "channels_last"
+    assert Flatten.from_config(channels_first.get_config()).data_format == "channels_first"
+    with pytest.raises(ValueError, match="data_format"):
+        Flatten(data_format="channels_middle")
+
+
+def test_flatten_channels_first_model_equals_its_channels_last_twin():
+    from distnn.models import Sequential
+    from distnn.utils import check_layer_gradients
+
+    x = RNG.normal(size=(6, 3, 4, 5)).astype("float32")  # channels first: 3 channels of 4x5
+    first = Sequential([Input((3, 4, 5)), Flatten(data_format="channels_first"), Dense(2)])
+    last = Sequential([Input((4, 5, 3)), Flatten(), Dense(2)])
+    last.set_weights(first.get_weights())
+    np.testing.assert_allclose(first.predict(x, verbose=0), last.predict(np.moveaxis(x, 1, -1), verbose=0), rtol=1e-6)
+    result = check_layer_gradients(Flatten(data_format="channels_first", dtype="float64"), input_shape=(2, 3, 2, 2))
+    assert result.errors and result.max_error <= 1e-6, result
+
+
+def test_add_weight_refuses_aggregations_it_would_ignore():
+    layer = Layer()
+    assert layer.add_weight(shape=(2,), aggregation="mean").trainable  # trainable: the gradient decides
+    assert not layer.add_weight(shape=(2,), trainable=False).trainable  # Keras 3's default "none"
+    with pytest.raises(ValueError, match="non-trainable weight.*aggregation='sum'"):
+        layer.add_weight(shape=(2,), trainable=False, aggregation="sum")
+    with pytest.raises(ValueError, match="aggregation='average'"):
+        layer.add_weight(shape=(2,), aggregation="average")

@@ -155,8 +155,8 @@ def test_errors_name_the_argument():
         losses.CategoricalCrossentropy(label_smoothing=1.5)
     with pytest.raises(ValueError, match="delta=0"):
         losses.Huber(delta=0)
-    with pytest.raises(ValueError, match="reduction='mean'"):
-        losses.MeanSquaredError(reduction="mean")
+    with pytest.raises(ValueError, match="reduction='average'"):  # Keras 3 has "mean", not this
+        losses.MeanSquaredError(reduction="average")
     with pytest.raises(ValueError, match="custom_objects"):
         losses.get({"class_name": "NoSuchLoss", "config": {}})
 
@@ -173,3 +173,52 @@ def test_target_checks():
         sparse.check_targets(np.array([0.5, 1]), (None, 4))
     with pytest.raises(ValueError, match="integer labels of shape"):
         sparse.check_targets(np.zeros((2, 4)), (None, 4))
+
+
+class _ElementWiseSquare(losses.Loss):
+    """A loss whose call keeps every element (no mean over the last axis)."""
+
+    def call(self, y_true, y_pred):
+        return (y_pred - y_true) ** 2
+
+
+def test_direct_calls_reduce_as_keras_3():
+    y_true = np.array([[0.0, 1.0], [1.0, 0.0], [0.5, 0.5]])
+    y_pred = np.array([[0.5, 1.0], [1.0, 1.0], [0.0, 0.5]])
+    per_sample = ((y_pred - y_true) ** 2).mean(axis=-1)  # [0.125, 0.5, 0.125]
+    weights = np.array([2.0, 0.0, 1.0])
+    weighted = per_sample * weights
+    expected = {"none": weighted, None: weighted, "sum": weighted.sum(), "sum_over_batch_size": weighted.sum() / 3,
+                "mean": weighted.sum() / 3, "mean_with_sample_weight": weighted.sum() / weights.sum()}
+    for reduction, value in expected.items():
+        loss = losses.MeanSquaredError(reduction=reduction)
+        np.testing.assert_allclose(loss(y_true, y_pred, sample_weight=weights), value, rtol=1e-12)
+        np.testing.assert_allclose(loss(y_true, y_pred, sample_weight=weights[:, None]), value, rtol=1e-12)
+    # Without weights, mean_with_sample_weight is the mean; a (batch, 1) weight column works as well.
+    assert losses.MeanSquaredError(reduction="mean_with_sample_weight")(y_true, y_pred) == pytest.approx(0.25)
+    assert losses.MeanSquaredError(reduction="mean_with_sample_weight")(
+        y_true, y_pred, sample_weight=np.zeros(3)) == 0.0
+    # The default divides by the number of loss values, not the batch: every element for element-wise losses.
+    square = (y_pred - y_true) ** 2
+    assert _ElementWiseSquare()(y_true, y_pred) == pytest.approx(square.sum() / 6)
+    np.testing.assert_allclose(_ElementWiseSquare(reduction="none")(y_true, y_pred, sample_weight=weights),
+                               square * weights[:, None])
+    assert losses.MeanSquaredError().get_config()["reduction"] == "sum_over_batch_size"
+
+
+def test_compile_refuses_a_reduction_training_would_not_honor():
+    from distnn.layers import Dense
+    from distnn.models import Sequential
+
+    model = Sequential([Dense(1, input_shape=(2,))])
+    for reduction in ("sum", "none", None, "mean_with_sample_weight"):
+        with pytest.raises(ValueError, match=f"reduction={reduction!r}.*directly"):
+            model.compile(optimizer="sgd", loss=losses.MeanSquaredError(reduction=reduction))
+    x = np.random.default_rng(0).normal(size=(16, 2)).astype("float32")
+    y = x.sum(axis=1, keepdims=True)
+    results = []
+    for reduction in ("sum_over_batch_size", "mean"):  # the same objective, under both Keras names
+        model = Sequential([Dense(1, input_shape=(2,), kernel_initializer="ones")])
+        model.compile(optimizer="sgd", loss=losses.MeanSquaredError(reduction=reduction))
+        results.append(model.fit(x, 2 * y, epochs=2, batch_size=4, shuffle=False, verbose=0).history["loss"])
+    assert results[0] == results[1]

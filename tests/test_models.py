@@ -54,7 +54,7 @@ def test_summary_of_an_unbuilt_model_prints_without_failing():
 def test_flat_parameter_buffer_in_reverse_layer_order():
     model = Sequential([Dense(4, input_shape=(3,)), Dense(2)])
     k1, b1, k2, b2 = model.get_weights()
-    expected = np.concatenate([k2.ravel(), b2, k1.ravel(), b1])  # last layer first (DESIGN.md)
+    expected = np.concatenate([k2.ravel(), b2, k1.ravel(), b1])  # last layer first (docs/architecture.md)
     np.testing.assert_array_equal(model.params, expected)
     assert model.params.ndim == 1 and model.grads.shape == model.params.shape
     # Weights are views: writing the flat buffer changes the layers, and the reverse.

@@ -352,3 +352,11 @@ def test_lookup_and_config_round_trip():
     assert restored.learning_rate == original.learning_rate
     with pytest.raises(ValueError, match="LearningRateSchedule"):
         optimizers.SGD(lambda step: 0.1).get_config()
+
+
+def test_nadam_refuses_amsgrad_as_keras_3():
+    for value in (True, False):
+        with pytest.raises(ValueError, match=f"Nadam has no amsgrad.*amsgrad={value}"):
+            optimizers.Nadam(amsgrad=value)
+    assert "amsgrad" not in optimizers.Nadam().get_config()
+    assert optimizers.Adam(amsgrad=True).get_config()["amsgrad"] is True

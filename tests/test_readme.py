@@ -14,6 +14,7 @@ def _python_blocks() -> list[str]:
 def test_readme_has_the_examples():
     blocks = _python_blocks()
     assert any("Sequential()" in b for b in blocks) and any("class ParametricReLU" in b for b in blocks)
+    assert any("keras.Model(inputs" in b for b in blocks)
 
 
 def test_readme_python_examples_run(tmp_path, monkeypatch, capsys):
@@ -28,5 +29,6 @@ def test_readme_python_examples_run(tmp_path, monkeypatch, capsys):
     assert not list((tmp_path / "backups" / "run1").glob("backup-*"))  # deleted after success, as Keras
     printed = capsys.readouterr().out
     assert "7,114" in printed  # model.summary()
+    assert "Connected to" in printed and set(namespace["two_heads"].output_names) == {"digit", "score"}
     errors = [float(v) for v in re.findall(r"^([0-9.e+-]+)$", printed, flags=re.M)]
     assert len(errors) == 2 and max(errors) < 1e-6, printed  # the two gradient checks

@@ -232,3 +232,18 @@ def test_custom_function_metric_cannot_be_saved_silently(tmp_path):
     model.compile(optimizer="sgd", loss="categorical_crossentropy", metrics=[lambda y, p: (p - y).mean(-1)])
     with pytest.raises(ValueError, match="custom metric"):
         model.save(str(tmp_path / "m.distnn"))
+
+
+def test_overwrite_false_refuses_an_existing_file_and_safe_mode_false_warns(tmp_path):
+    model = make_model("sgd")
+    path = tmp_path / "m.distnn"
+    model.save(str(path), overwrite=False)  # a new file: written
+    before = path.read_bytes()
+    with pytest.raises(FileExistsError, match="overwrite=False"):
+        model.save(str(path), overwrite=False)
+    with pytest.raises(FileExistsError, match="overwrite=False"):
+        model.save_weights(str(path), overwrite=False)
+    assert path.read_bytes() == before
+    model.save(str(path))  # overwrite=True, the default: replaced
+    with pytest.warns(UserWarning, match=r"safe_mode=False\) changes nothing"):
+        load_model(str(path), safe_mode=False)

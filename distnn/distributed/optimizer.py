@@ -1,6 +1,6 @@
 """Horovod-style helpers for people who write their own training loops.
 
-``Model.fit`` is already data-parallel (DESIGN.md); these are for custom loops::
+``Model.fit`` is already data-parallel (docs/architecture.md); these are for custom loops::
 
     opt = dist.DistributedOptimizer(distnn.optimizers.Adam(1e-3))
     dist.broadcast_weights(model)                        # once, before the first step

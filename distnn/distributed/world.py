@@ -96,7 +96,7 @@ def _share_cores(comm: Communicator) -> None:
 
     `distnn-run` sets the thread variables before the ranks start; a plain `mpiexec -n 4` does
     not, and then every rank's BLAS would start one thread per core, oversubscribing the node
-    (DESIGN: a PyTorch MLP epoch went from 2.2 s to 21 s that way). The pools are already loaded
+    (a PyTorch MLP epoch went from 2.2 s to 21 s that way). The pools are already loaded
     by now, so they are resized at run time with threadpoolctl.
     """
     if comm.size == 1 or any(os.environ.get(name) for name in _THREAD_VARIABLES):

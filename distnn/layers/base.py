@@ -25,7 +25,6 @@ weights' ``grad`` in place); it is then one *fused* node on the tape and its ``c
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import inspect
 import re
@@ -33,53 +32,19 @@ from typing import Any
 
 import numpy as np
 
-from distnn import activations, backend, initializers, regularizers
+from distnn import activations, backend, constraints, initializers, regularizers, weight_budget
 from distnn.ops import core as tape_core
 from distnn.ops import symbolic
 from distnn.ops.operators import TensorOperators
-from distnn.utils import global_rng
-
-_name_counters: collections.Counter = collections.Counter()
-_registry: dict[str, type] = {}
+from distnn.global_state import global_rng, unique_name
 
 
-def reset_name_counters() -> None:
-    _name_counters.clear()
+_AGGREGATIONS = ("none", "mean", "sum", "only_first_replica")  # Keras 3's
 
 
 def _snake_case(name: str) -> str:
     name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
     return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()  # Keras: Conv2D -> conv2d
-
-
-def _unique_name(base: str) -> str:
-    count = _name_counters[base]
-    _name_counters[base] += 1
-    return base if count == 0 else f"{base}_{count}"
-
-
-def register_serializable(cls: type | None = None, *, name: str | None = None):
-    """Class decorator: make a custom layer, loss or activation loadable by ``load_model`` by name.
-
-    Equivalent to passing it in ``custom_objects`` every time. Nothing is ever unpickled: only
-    registered or explicitly given classes can be rebuilt from a saved config.
-    """
-    def register(klass: type) -> type:
-        klass._registered_name = name or klass.__name__  # saved configs use this name
-        _registry[klass._registered_name] = klass
-        return klass
-
-    return register(cls) if cls is not None else register
-
-
-def registered_objects() -> dict[str, type]:
-    return dict(_registry)
-
-
-def serializable_name(cls: type) -> str:
-    """The ``class_name`` saved for ``cls``: its registered name, else its class name. Looked up on
-    the class itself, so an unregistered subclass of a registered class keeps its own name."""
-    return vars(cls).get("_registered_name", cls.__name__)
 
 
 def normalize_tuple(value: Any, n: int, arg_name: str) -> tuple[int, ...]:
@@ -94,15 +59,18 @@ def normalize_tuple(value: Any, n: int, arg_name: str) -> tuple[int, ...]:
 
 
 def init_kernel_options(layer: "Layer", activation: Any, use_bias: bool, kernel_initializer: Any,
-                        bias_initializer: Any, kernel_regularizer: Any, bias_regularizer: Any) -> None:
-    """Resolve and set, under Keras' attribute names, the activation, bias switch, initializers and
-    regularizers of a layer with a kernel (``Dense``, ``Conv1D``, ``Conv2D``)."""
+                        bias_initializer: Any, kernel_regularizer: Any, bias_regularizer: Any,
+                        kernel_constraint: Any = None, bias_constraint: Any = None) -> None:
+    """Resolve and set, under Keras' attribute names, the activation, bias switch, initializers,
+    regularizers and constraints of a layer with a kernel (``Dense``, ``Conv1D``, ``Conv2D``)."""
     layer.activation = activations.get(activation)
     layer.use_bias = bool(use_bias)
     layer.kernel_initializer = initializers.get(kernel_initializer)
     layer.bias_initializer = initializers.get(bias_initializer)
     layer.kernel_regularizer = regularizers.get(kernel_regularizer)
     layer.bias_regularizer = regularizers.get(bias_regularizer)
+    layer.kernel_constraint = constraints.get(kernel_constraint)
+    layer.bias_constraint = constraints.get(bias_constraint)
 
 
 def affine_forward(layer: "Layer", rows: Any, kernel: Any, training: bool) -> Any:
@@ -142,7 +110,9 @@ def kernel_options_config(layer: "Layer") -> dict:
             "kernel_initializer": initializers.serialize(layer.kernel_initializer),
             "bias_initializer": initializers.serialize(layer.bias_initializer),
             "kernel_regularizer": regularizers.serialize(layer.kernel_regularizer),
-            "bias_regularizer": regularizers.serialize(layer.bias_regularizer)}
+            "bias_regularizer": regularizers.serialize(layer.bias_regularizer),
+            "kernel_constraint": constraints.serialize(layer.kernel_constraint),
+            "bias_constraint": constraints.serialize(layer.bias_constraint)}
 
 
 class Variable(TensorOperators):
@@ -217,7 +187,9 @@ class _CallContext:
     def __init__(self) -> None:
         self.depth = 0
         self.training: bool | None = None
-        self.masks: dict[int, Any] = {}
+        # id(value) -> (value, mask): holding the value keeps its id from being reused by a later
+        # array while the outermost call runs, which would hand that array a stale mask.
+        self.masks: dict[int, tuple[Any, Any]] = {}
         self.call_log: list | None = None  # layers in first-call order while a model builds
 
 
@@ -300,6 +272,10 @@ def _fused_vjp(node: Any, grad: Any) -> tuple:
     return (dx,)
 
 
+# A fused backward writes dL/dx into the layer's own scratch (after copying a gradient it does not own).
+_fused_vjp.exclusive_results = True
+
+
 class Layer:
     """Base class of all layers (Keras API: ``build`` / ``call`` / ``get_config``; ``backward`` optional).
 
@@ -321,7 +297,7 @@ class Layer:
             raise TypeError(f"{type(self).__name__} got unexpected keyword arguments: {sorted(kwargs)}")
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a string. Received: name={name!r}")
-        self.name = name or _unique_name(_snake_case(type(self).__name__))
+        self.name = name or unique_name(_snake_case(type(self).__name__))
         self.trainable = bool(trainable)
         self.dtype = np.dtype(dtype or backend.floatx()).name
         self.built = False
@@ -353,11 +329,20 @@ class Layer:
     # ----------------------------------------------------------------------------- weights
     def add_weight(self, shape: Any = None, initializer: Any = None, dtype: Any = None, trainable: bool = True,
                    autocast: bool = True, regularizer: Any = None, constraint: Any = None,
-                   aggregation: str = "mean", name: str | None = None) -> Variable:
+                   aggregation: str = "none", name: str | None = None) -> Variable:
         """Create a weight (Keras 3's ``add_weight``), initialised on the host and moved to the device.
 
         The Keras 2 order ``add_weight(name, shape, initializer)`` (the rest by keyword) is accepted too.
+        ``aggregation``: trainable weights are always updated from the gradient of the global batch
+        (any value); a non-trainable weight is updated by each rank on its own (``"none"``), so the
+        values that would combine ranks are refused. ``autocast`` has no effect: distnn computes in
+        the weights' dtype (no mixed precision), as Keras does without a mixed-precision policy.
         """
+        if aggregation not in _AGGREGATIONS or (not trainable and aggregation != "none"):
+            allowed = _AGGREGATIONS if trainable else ("none",)
+            raise ValueError(f"{self.name}: add_weight(aggregation=...) must be one of {allowed} for a "
+                             f"{'' if trainable else 'non-'}trainable weight (distnn does not combine "
+                             f"non-trainable weights across ranks). Received: aggregation={aggregation!r}")
         if isinstance(shape, str):  # Keras 2 / distnn 0.1: (name, shape, initializer, ...)
             if not isinstance(trainable, bool):
                 raise TypeError(f"{self.name}: add_weight(name, shape, initializer, ...) takes the remaining "
@@ -367,10 +352,11 @@ class Layer:
         dtype = np.dtype(dtype or self.dtype).name
         default = "glorot_uniform" if np.dtype(dtype).kind == "f" else "zeros"
         init = initializers.get(initializer if initializer is not None else default)
-        value = backend.to_device(init(shape, dtype, global_rng()))
         name = name or f"variable_{len(self._variables)}"
+        weight_budget.charge(shape, f"{self.name}/{name}")  # loading a file: refuse before allocating
+        value = backend.to_device(init(shape, dtype, global_rng()))
         variable = Variable(f"{self.name}/{name}", value, trainable=trainable,
-                            regularizer=regularizers.get(regularizer), constraint=constraint)
+                            regularizer=regularizers.get(regularizer), constraint=constraints.get(constraint))
         self._variables.append(variable)
         return variable
 
@@ -563,8 +549,11 @@ class Layer:
                 self._build_once(shapes)
             else:
                 self._check_built_shape(shapes)
+            # Found whether or not ``call`` takes it: a layer that only passes masks through
+            # (``supports_masking`` or its own ``compute_mask``) still needs its input's mask.
+            input_mask = kwargs["mask"] if "mask" in kwargs else self._input_mask(inputs)
             if "mask" not in kwargs and _accepts(self.call, "mask"):
-                kwargs["mask"] = self._input_mask(inputs)
+                kwargs["mask"] = input_mask
             if _accepts(self.call, "training"):
                 kwargs["training"] = training
             self._losses = []
@@ -576,7 +565,7 @@ class Layer:
                 outputs = self.call(inputs, *args[1:], **kwargs)
             if self.activity_regularizer is not None:
                 self.add_loss(self.activity_regularizer(outputs) / max(1, np.shape(tape_core.value_of(outputs))[0]))
-            self._record_mask(inputs, outputs, kwargs.get("mask"))
+            self._record_mask(inputs, outputs, input_mask)
         return outputs
 
     def _fused_call(self, tape: Any, inputs: Any, kwargs: dict) -> Any:
@@ -591,7 +580,9 @@ class Layer:
         return tape_core.record(tape, outputs, (raw,), {"layer": self, "state": state}, _fused_vjp, parents)
 
     def _input_mask(self, inputs: Any) -> Any:
-        masks = [_context.masks.get(id(t)) for t in symbolic.flatten(inputs)]
+        if not _context.masks:  # the common case costs one test
+            return None
+        masks = [_context.masks.get(id(t), (None, None))[1] for t in symbolic.flatten(inputs)]
         if all(m is None for m in masks):
             return None
         return masks[0] if len(masks) == 1 else masks
@@ -602,7 +593,7 @@ class Layer:
         out_mask = self.compute_mask(inputs, mask)
         if out_mask is not None:
             for out in symbolic.flatten(outputs):
-                _context.masks[id(out)] = out_mask
+                _context.masks[id(out)] = (out, out_mask)
 
     def _symbolic_call(self, args: tuple, kwargs: dict) -> Any:
         inputs = args[0]

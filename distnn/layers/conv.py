@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from distnn import backend
+from distnn.layers.grouped_conv import check_groups, grouped_conv_call
 from distnn.layers.base import (Layer, affine_backward, affine_forward, init_kernel_options, kernel_options_config,
                                normalize_tuple)
 
@@ -174,8 +175,10 @@ class Conv(SpatialLayer):
     def __init__(self, filters: int, kernel_size: Any, strides: Any = 1, padding: str = "valid",
                  data_format: str | None = None, dilation_rate: Any = 1, activation: Any = None,
                  use_bias: bool = True, kernel_initializer: Any = "glorot_uniform", bias_initializer: Any = "zeros",
-                 kernel_regularizer: Any = None, bias_regularizer: Any = None, **kwargs: Any):
+                 kernel_regularizer: Any = None, bias_regularizer: Any = None, kernel_constraint: Any = None,
+                 bias_constraint: Any = None, groups: int = 1, **kwargs: Any):
         super().__init__(data_format=data_format, **kwargs)
+        self.groups = check_groups(groups, filters)
         if not isinstance(filters, (int, np.integer)) or isinstance(filters, bool) or filters <= 0:
             raise ValueError(f"Invalid value for argument `filters`. Expected a strictly positive value. "
                              f"Received: filters={filters}")
@@ -188,7 +191,7 @@ class Conv(SpatialLayer):
             raise ValueError(f"strides > 1 not supported in conjunction with dilation_rate > 1. "
                              f"Received: strides={self.strides} and dilation_rate={self.dilation_rate}")
         init_kernel_options(self, activation, use_bias, kernel_initializer, bias_initializer, kernel_regularizer,
-                            bias_regularizer)
+                            bias_regularizer, kernel_constraint, bias_constraint)
 
     def build(self, input_shape):
         self._check_rank(input_shape)
@@ -196,11 +199,14 @@ class Conv(SpatialLayer):
         if channels is None:
             raise ValueError(f"{self.name}: the channel dimension of the inputs must be known. "
                              f"Received: input_shape={input_shape}")
-        self.kernel = self.add_weight(shape=(*self.kernel_size, channels, self.filters),
+        if channels % self.groups:
+            raise ValueError(f"The number of input channels must be evenly divisible by the number of groups. "
+                             f"Received groups={self.groups}, but the input has {channels} channels")
+        self.kernel = self.add_weight(shape=(*self.kernel_size, channels // self.groups, self.filters),
                                       initializer=self.kernel_initializer, regularizer=self.kernel_regularizer,
-                                      name="kernel")
+                                      constraint=self.kernel_constraint, name="kernel")
         self.bias = (self.add_weight(shape=(self.filters,), initializer=self.bias_initializer,
-                                     regularizer=self.bias_regularizer, name="bias")
+                                     regularizer=self.bias_regularizer, constraint=self.bias_constraint, name="bias")
                      if self.use_bias else None)
         self.built = True
 
@@ -218,7 +224,13 @@ class Conv(SpatialLayer):
         return self._output_format_shape((shape[0], *out, self.filters))
 
     # ------------------------------------------------------------------------------- forward
+    @property
+    def has_fused_backward(self) -> bool:
+        return self.groups == 1  # grouped convolutions run on ops.conv, which the tape differentiates
+
     def call(self, x, training=False):
+        if self.groups > 1:
+            return grouped_conv_call(self, x)
         x4 = self._to_nhwc(x)
         n, h, w, c = x4.shape
         out, pads = self._geometry(x4.shape[1:3] if self.rank == 2 else (w,))
@@ -285,7 +297,7 @@ class Conv(SpatialLayer):
         return {
             **super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),
             "strides": list(self.strides), "padding": self.padding, "dilation_rate": list(self.dilation_rate),
-            **kernel_options_config(self),
+            "groups": self.groups, **kernel_options_config(self),
         }
 
 
@@ -305,6 +317,9 @@ class Conv2D(Conv):
         use_bias: whether to add a bias vector.
         kernel_initializer, bias_initializer: initializers (names or objects).
         kernel_regularizer, bias_regularizer: regularizers (names or objects).
+        groups: positive integer dividing the channels and ``filters``: the channels are convolved
+            in that many separate groups (kernel ``(kh, kw, channels / groups, filters)``); grouped
+            convolutions run on ``ops.conv`` (see ``distnn/layers/grouped_conv.py``).
 
     Input shape:
         ``(batch_size, height, width, channels)`` (channels-last) or
@@ -338,7 +353,7 @@ class Conv1D(Conv):
         data_format: ``"channels_last"`` (default, ``(batch, steps, c)``) or ``"channels_first"``.
         dilation_rate: an integer, the dilation of the kernel.
         activation, use_bias, kernel_initializer, bias_initializer, kernel_regularizer,
-        bias_regularizer: as in ``Conv2D``.
+        bias_regularizer, groups: as in ``Conv2D``.
 
     Input shape:
         ``(batch_size, steps, channels)`` (channels-last) or ``(batch_size, channels, steps)``.

@@ -144,7 +144,7 @@ class BatchNormalization(Layer):
         """The communicator to sum statistics over, or None (unsynchronized, or a single process)."""
         if not self.synchronized:
             return None
-        from distnn.distributed import get_communicator  # noqa: PLC0415 - keeps MPI out of layer imports
+        from distnn.distributed.world import get_communicator  # noqa: PLC0415 - keeps MPI out of layer imports
 
         comm = get_communicator()
         return comm if comm.size > 1 else None

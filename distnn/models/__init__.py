@@ -1,22 +1,28 @@
 """Models with Keras names: ``from distnn.models import Model, Sequential, load_model``."""
+from __future__ import annotations
+
+import json
+import warnings
+
+from distnn import saving, serialization
 from distnn.models.functional import Functional
 from distnn.models.model import Model
 from distnn.models.sequential import Sequential
 
+serialization.register_builtins("distnn.models", {cls.__name__: cls for cls in (Model, Functional, Sequential)})
 
-def load_model(filepath: str, custom_objects: dict | None = None, compile: bool = True, safe_mode: bool = True):  # noqa: A002
+
+def load_model(filepath: str, custom_objects: dict | None = None, compile: bool = True,  # noqa: A002
+               safe_mode: bool = True) -> Model:
     """Load a model written by ``model.save`` (Keras' ``load_model``). Never unpickles, never runs code."""
-    from distnn import saving  # noqa: PLC0415 - saving imports the model classes
-
+    if not safe_mode:
+        warnings.warn("load_model(safe_mode=False) changes nothing: distnn files hold no code (no lambdas, no "
+                      "pickles) and are always loaded safely", stacklevel=2)
     return saving.load_model(filepath, custom_objects=custom_objects, compile=compile)
 
 
 def model_from_json(json_string: str, custom_objects: dict | None = None) -> Model:
     """Rebuild a model (fresh weights) from ``model.to_json()``."""
-    import json  # noqa: PLC0415
-
-    from distnn import saving  # noqa: PLC0415
-
     return saving.deserialize_model_config(json.loads(json_string), custom_objects)
 
 

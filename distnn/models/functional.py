@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from distnn import backend
 from distnn.layers.base import Layer
 from distnn.layers.core import InputLayer
+from distnn.models import functional_config
 from distnn.models.model import Model
 from distnn.ops import symbolic
 
@@ -72,11 +74,10 @@ class Functional(Model):
         self._layers = [node.operation for node in self._nodes
                         if isinstance(node.operation, Layer) and not isinstance(node.operation, InputLayer)]
         self._layers = list(dict.fromkeys(self._layers))
-        self.output_names = [t.node.operation.name if isinstance(t.node.operation, Layer) else t.name
-                             for t in self.outputs]
+        self.output_names = list(self._outputs_struct) if isinstance(self._outputs_struct, dict) else [
+            t.node.operation.name if isinstance(t.node.operation, Layer) else t.name for t in self.outputs]
         self.input_names = [t.node.operation.name for t in self.inputs]
-        self._build_by_running(symbolic.map_structure(
-            lambda t: _dummy_input(t), self._inputs_struct))
+        self._build_by_running(symbolic.map_structure(_dummy_input, self._inputs_struct))
 
     @property
     def layers(self) -> list[Layer]:
@@ -144,10 +145,21 @@ class Functional(Model):
     def _defines_output_shape(self) -> bool:
         return False
 
+    # ------------------------------------------------------------------------------- config
+    def get_config(self) -> dict:
+        """Keras 3's functional config: each layer with its inbound nodes; tensors are referenced as
+        ``[layer name, node index, tensor index]``."""
+        return functional_config.get_config(self)
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects: dict | None = None) -> "Functional":
+        return functional_config.from_config(cls, config, custom_objects)
+
+
+Model._functional_class = Functional  # what Model(inputs, outputs) builds
+
 
 def _dummy_input(tensor: symbolic.KerasTensor) -> Any:
-    from distnn import backend  # noqa: PLC0415
-
     if any(d is None for d in tensor.shape[1:]):
         shape = tuple(1 if d is None else d for d in tensor.shape)
     else:

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Any, Callable
 
 import numpy as np
 
-from distnn import backend
+from distnn import backend, saving
 from distnn.layers import base as layer_base
 from distnn.layers.base import Layer, Variable
+from distnn.models import summary as summary_module
 from distnn.ops import symbolic
 from distnn.training import TrainingMixin
 
@@ -32,11 +34,13 @@ class Model(TrainingMixin, Layer):
     ``Model(inputs, outputs, name=...)`` builds a functional model; subclasses define ``call``.
     """
 
+    # The class Model(inputs, outputs) makes: set by distnn.models.functional, which subclasses Model
+    # (so this module does not import it: docs/architecture.md, "Modules and dependencies").
+    _functional_class: type | None = None
+
     def __new__(cls, *args: Any, **kwargs: Any) -> "Model":
         if cls is Model and (args or "inputs" in kwargs or "outputs" in kwargs):
-            from distnn.models.functional import Functional  # noqa: PLC0415 - Functional subclasses Model
-
-            return Functional.__new__(Functional)
+            return Model._functional_class.__new__(Model._functional_class)
         return super().__new__(cls)
 
     def __init__(self, *args: Any, name: str | None = None, trainable: bool = True, dtype: Any = None,
@@ -50,6 +54,7 @@ class Model(TrainingMixin, Layer):
         self.state: Any = None
         self._segments: list[tuple[int, int]] = []
         self._regularized: list[Variable] = []
+        self._constrained: list[Variable] = []
         self._bound_variables: list[Variable] = []
         self._layer_cache: list[Layer] | None = None  # _flatten_layers() once built: read every step
 
@@ -134,6 +139,7 @@ class Model(TrainingMixin, Layer):
         self.state = self.state[:offset]
         self._bound_variables = trainable
         self._regularized = [v for v in trainable if v.regularizer is not None]
+        self._constrained = [v for v in trainable if v.constraint is not None]
         if self.compiled:
             self._prepare_optimizer()
 
@@ -175,8 +181,6 @@ class Model(TrainingMixin, Layer):
 
         Under MPI only rank 0 prints (unless a ``print_fn`` is given), like every other output.
         """
-        from distnn.models import summary as summary_module  # noqa: PLC0415 - summary reads models
-
         summary_module.print_summary(self, line_length=line_length, positions=positions, print_fn=print_fn,
                                      expand_nested=expand_nested, show_trainable=show_trainable,
                                      layer_range=layer_range)
@@ -190,30 +194,30 @@ class Model(TrainingMixin, Layer):
         return {"name": self.name, "trainable": self.trainable}
 
     def to_json(self, **kwargs: Any) -> str:
-        from distnn import saving  # noqa: PLC0415 - saving serializes models
-
         return json.dumps(saving.serialize_model_config(self), **kwargs)
 
     # -------------------------------------------------------------------------------- saving
     def save(self, filepath: str, overwrite: bool = True, **kwargs: Any) -> None:
         """Write config, weights and optimizer state to one zip file (see ``distnn.saving``)."""
-        from distnn import saving  # noqa: PLC0415 - saving serializes models
-
         if kwargs:
             raise TypeError(f"save() got unexpected keyword arguments: {sorted(kwargs)}")
+        _check_overwrite(filepath, overwrite)
         saving.save_model(self, filepath)
 
     def save_weights(self, filepath: str, overwrite: bool = True) -> None:
-        from distnn import saving  # noqa: PLC0415
-
+        _check_overwrite(filepath, overwrite)
         saving.save_weights(self, filepath)
 
     def load_weights(self, filepath: str, skip_mismatch: bool = False) -> None:
-        from distnn import saving  # noqa: PLC0415
-
         if skip_mismatch:
             raise ValueError("load_weights(skip_mismatch=True) is not supported: every weight must match")
         saving.load_weights(self, filepath)
+
+
+def _check_overwrite(filepath: str, overwrite: bool) -> None:
+    """``overwrite=False`` refuses an existing file (Keras asks on a terminal; under MPI nobody answers)."""
+    if not overwrite and os.path.exists(filepath):
+        raise FileExistsError(f"{os.fspath(filepath)} exists and overwrite=False: remove it or pass overwrite=True")
 
 
 def _has_config(layer: Layer) -> bool:

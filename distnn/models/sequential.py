@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from distnn.layers import deserialize as deserialize_layer, serialize as serialize_layer
 from distnn.layers.base import Layer
 from distnn.layers.core import InputLayer
 from distnn.models.model import Model, _zeros_for
@@ -86,6 +87,23 @@ class Sequential(Model):
                 self._traced_output_shape(layer, shape)
             self._output_shapes.append(shape)
         self._build_by_running(_zeros_for(self._input_shape, self._input_dtype or self.dtype))
+        self._trace_graph()
+
+    def _trace_graph(self) -> None:
+        """Call the layers on a symbolic ``Input`` (once per build), so that ``model.inputs`` and each
+        ``layer.output`` are graph tensors, as in Keras: ``Model(model.inputs, [l.output for l in
+        model.layers])`` extracts features. A rebuild (``add``/``pop``) replaces the previous trace."""
+        from distnn.layers.core import Input  # noqa: PLC0415 - core imports nothing from models
+
+        for layer, node in getattr(self, "_traced_nodes", []):
+            if node in layer._inbound_nodes:
+                layer._inbound_nodes.remove(node)
+        self._graph_input = Input(shape=self._input_shape[1:], dtype=self._input_dtype or self.dtype)
+        self._traced_nodes = []
+        x = self._graph_input
+        for layer in self._layers:
+            x = layer(x)
+            self._traced_nodes.append((layer, layer._inbound_nodes[-1]))
 
     def _traced_output_shape(self, layer: Layer, shape: tuple) -> tuple:
         return symbolic.output_spec(layer, (symbolic.KerasTensor(shape, self._input_dtype or self.dtype),), {}).shape
@@ -109,7 +127,7 @@ class Sequential(Model):
     @property
     def inputs(self) -> list:
         self._require_built("inputs")
-        return [symbolic.KerasTensor(self._input_shape, self._input_dtype or self.dtype)]
+        return [self._graph_input]
 
     @property
     def output_names(self) -> list[str]:
@@ -126,9 +144,7 @@ class Sequential(Model):
         return True
 
     def get_config(self) -> dict:
-        from distnn import saving  # noqa: PLC0415 - saving serializes layers
-
-        layers = [saving.serialize_layer(layer) for layer in self._layers]
+        layers = [serialize_layer(layer) for layer in self._layers]
         if self._input_shape is not None and not getattr(self._layers[0] if self._layers else None,
                                                          "_declared_input", False):
             layers.insert(0, {"class_name": "InputLayer",
@@ -138,8 +154,6 @@ class Sequential(Model):
 
     @classmethod
     def from_config(cls, config: dict, custom_objects: dict | None = None) -> "Sequential":
-        from distnn import saving  # noqa: PLC0415
-
         model = cls(name=config.get("name"), trainable=config.get("trainable", True))
         if config.get("input_shape") is not None:  # distnn 0.1 files
             model._input_shape = tuple(config["input_shape"])
@@ -150,7 +164,7 @@ class Sequential(Model):
                     [None, *entry_config["shape"]]
                 model._input_shape, model._input_dtype = tuple(shape), entry_config.get("dtype")
                 continue
-            layer = saving.deserialize_layer(entry, custom_objects)
+            layer = deserialize_layer(entry, custom_objects)
             if not model._layers and model._input_shape is None and getattr(layer, "_declared_input", False):
                 model._input_shape = layer.input_spec_shape
             model._layers.append(layer)

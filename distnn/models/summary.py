@@ -5,7 +5,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from distnn.ops import symbolic
+from distnn.layers.base import Layer
+from distnn.models import functional_config
 
 
 def _human_bytes(size: float) -> str:
@@ -23,37 +24,34 @@ def _shape_text(shapes: Any) -> str:
     return str(shapes)
 
 
+def _camel(name: str) -> str:
+    return "".join(part.capitalize() for part in name.split("_"))
+
+
 def _rows(model: Any) -> list[tuple[str, str, str, str]]:
     """(layer, output shape, params, connected to) per row."""
-    from distnn.models.functional import Functional  # noqa: PLC0415 - Functional imports model
-
-    rows = []
-    if isinstance(model, Functional):
-        names = {}
-        for layer in model.layers:
-            nodes = [n for n in layer._inbound_nodes if n in model._nodes or any(n is i.node for i in model.inputs)]
-            for index, node in enumerate(nodes):
-                names[id(node)] = (layer.name, index)
-        for layer in model.layers:
-            nodes = [n for n in layer._inbound_nodes if id(n) in names]
-            shapes = [t.shape for n in nodes[:1] for t in n.output_tensors]
-            connected = []
-            for node in nodes:
-                for tensor in node.input_tensors:
-                    producer = names.get(id(tensor.node))
-                    if producer:
-                        index = [t for t in tensor.node.output_tensors].index(tensor)
-                        connected.append(f"{producer[0]}[{producer[1]}][{index}]")
-            params = f"{layer.count_params():,}" if layer.built else "0"
-            rows.append((f"{layer.name} ({type(layer).__name__})", _shape_text(shapes), params,
-                         ", ".join(connected) or "-"))
-        return rows
-    for i, layer in enumerate(model.layers):
+    if not functional_config.is_functional(model):
         shapes = getattr(model, "_output_shapes", None)
-        shape = str(shapes[i]) if model.built and shapes else "?"
-        params = f"{layer.count_params():,}" if layer.built else "0 (unbuilt)"
-        rows.append((f"{layer.name} ({type(layer).__name__})", shape, params, ""))
-    return rows
+        return [(f"{layer.name} ({type(layer).__name__})", str(shapes[i]) if model.built and shapes else "?",
+                 f"{layer.count_params():,}" if layer.built else "0 (unbuilt)", "")
+                for i, layer in enumerate(model.layers)]
+    names = functional_config.node_names(model)
+    rows: dict[str, list] = {}
+    for node in functional_config.graph_nodes(model):
+        operation = node.operation
+        connected = []
+        for tensor in node.input_tensors:
+            producer, index = names[id(tensor.node)]
+            connected.append(f"{producer}[{index}][{tensor.node.output_tensors.index(tensor)}]")
+        if node.name in rows:  # a shared layer: one row, every call's inputs
+            rows[node.name][3] += connected
+            continue
+        is_layer = isinstance(operation, Layer)
+        kind = type(operation).__name__ if is_layer else _camel(operation.name)
+        params = f"{operation.count_params():,}" if is_layer and operation.built else "0"
+        rows[node.name] = [f"{node.name} ({kind})", _shape_text([t.shape for t in node.output_tensors]), params,
+                           connected]
+    return [(r[0], r[1], r[2], ", ".join(r[3]) or "-") for r in rows.values()]
 
 
 def print_summary(model: Any, line_length: int | None = None, positions: Any = None,
@@ -64,7 +62,7 @@ def print_summary(model: Any, line_length: int | None = None, positions: Any = N
         raise ValueError("summary() supports line_length and print_fn; expand_nested, show_trainable, "
                          "layer_range and positions are not implemented")
     if print_fn is None:
-        from distnn.distributed import rank  # noqa: PLC0415 - keeps MPI out of plain imports
+        from distnn.distributed.world import rank  # noqa: PLC0415 - keeps MPI out of plain imports
 
         if rank() != 0:
             return

@@ -20,6 +20,7 @@ an op can skip work nobody asked for).
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -136,13 +137,11 @@ class Tape:
             node.grad = None  # free it: nothing downstream needs it any more
             grads = node.vjp(node, grad)
             returned = [g for parent in node.parents for g in [_parent_grad(grads, parent)] if g is not None]
+            trusted = getattr(node.vjp, "exclusive_results", False)
             for parent in node.parents:
                 g = _parent_grad(grads, parent)
                 if g is not None:
-                    # Owned only if this VJP made it and handed it to one parent: ``add`` returns its
-                    # incoming gradient to both inputs, and then neither may overwrite it.
-                    owned = g is not grad and sum(other is g for other in returned) == 1
-                    accumulate(parent[-1], g, owned)
+                    accumulate(parent[-1], g, trusted or _exclusive(g, grad, returned))
         for leaf in self.watched.values():
             if leaf.grad is not None:
                 self.write_variable_grad(leaf.watched_variable, leaf.grad)
@@ -163,11 +162,23 @@ def _parent_grad(grads: Any, parent: tuple) -> Any:
     return grads[parent[0]] if len(parent) == 2 else grads[parent[0]][parent[1]]
 
 
+def _exclusive(g: Any, incoming: Any, returned: list) -> bool:
+    """Whether an op VJP's result ``g`` is an array no one else holds: it has its own memory (a view,
+    such as a reshape or a read-only ``broadcast_to`` of the incoming gradient, does not) and went to
+    one parent only (``add`` hands its incoming gradient to both inputs). A VJP whose results are
+    always its own (a fused layer's, which writes into its scratch buffers) sets ``exclusive_results``."""
+    return g is not incoming and getattr(g, "base", incoming) is None and sum(other is g for other in returned) == 1
+
+
 def accumulate(tensor: Tensor, grad: Any, owned: bool = False) -> None:
     if tensor.grad is None:
         tensor.grad, tensor.grad_owned = grad, owned
     else:  # out of place: either array may be shared with another tensor
         tensor.grad, tensor.grad_owned = tensor.grad + grad, True
+
+
+# Arguments that are never tape tensors, variables or symbolic tensors: no further checks needed.
+_CONSTANT_TYPES = (np.ndarray, np.generic, int, float, complex, str, type(None))
 
 
 def _is_variable(value: Any) -> bool:
@@ -196,6 +207,11 @@ def _unwrap(arg: Any, tape: Tape | None, position: int, parents: list, index: in
     return arg
 
 
+def _is_tensor_argument(value: Any) -> bool:
+    return isinstance(value, Tensor) or _is_variable(value) or bool(_symbolic_types) and isinstance(
+        value, _symbolic_types)
+
+
 def _has_symbolic(args: tuple) -> bool:
     for arg in args:
         if isinstance(arg, _symbolic_types):
@@ -213,26 +229,60 @@ class Op:
         self.vjp: Callable | None = None
         self.name = forward.__name__
         functools.update_wrapper(self, forward)
+        self._positional: list | None = None  # see _bind_keywords
 
     def defvjp(self, vjp: Callable) -> Callable:
         self.vjp = vjp
         return vjp
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if _symbolic_types and _has_symbolic(args):
-            return _symbolic_call(self, args, kwargs)
+        if kwargs and any(_is_tensor_argument(v) for v in kwargs.values()):
+            args, kwargs = self._bind_keywords(args, kwargs)
         tape = _active_tape
         parents: list = []
         raw = []
+        # One pass over the arguments, cheapest checks first: this loop is the tape's per-op cost.
         for position, arg in enumerate(args):
-            if isinstance(arg, (list, tuple)) and not isinstance(arg, Tensor):
-                raw.append([_unwrap(a, tape, position, parents, i) for i, a in enumerate(arg)])
+            if isinstance(arg, _CONSTANT_TYPES):
+                raw.append(arg)
+            elif isinstance(arg, Tensor):
+                if tape is not None and arg.tape is tape:
+                    parents.append((position, arg))
+                raw.append(arg.value)
+            elif type(arg) in (list, tuple):
+                if _symbolic_types and any(isinstance(a, _symbolic_types) for a in arg):
+                    return _symbolic_call(self, args, kwargs)
+                if any(isinstance(a, Tensor) or _is_variable(a) for a in arg):
+                    # A sequence of tensors (``concatenate``, ``stack``): same container type, raw members.
+                    arg = type(arg)(_unwrap(a, tape, position, parents, i) for i, a in enumerate(arg))
+                raw.append(arg)
+            elif _symbolic_types and isinstance(arg, _symbolic_types):
+                return _symbolic_call(self, args, kwargs)
             else:
                 raw.append(_unwrap(arg, tape, position, parents))
         value = self.forward(*raw, **kwargs)
         if not parents or self.vjp is None:
             return value
         return record(tape, value, tuple(raw), kwargs, self.vjp, tuple(parents))
+
+    def _bind_keywords(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """Move keyword arguments that name positional parameters into ``args``, so that a tensor
+        passed by keyword (``batch_normalization(x, m, v, axis=-1, scale=gamma)``) is differentiated."""
+        if self._positional is None:  # (name, default) of the parameters passable by position or keyword
+            self._positional = [(p.name, p.default) for p in inspect.signature(self.forward).parameters.values()
+                                if p.kind == p.POSITIONAL_OR_KEYWORD]
+        names = [name for name, _ in self._positional]
+        last = max((names.index(key) for key in kwargs if key in names), default=-1)
+        kwargs = dict(kwargs)
+        args = list(args)
+        for name, default in self._positional[len(args):last + 1]:
+            if name in kwargs:
+                args.append(kwargs.pop(name))
+            elif default is inspect.Parameter.empty:
+                raise TypeError(f"{self.name}() missing required argument: {name!r}")
+            else:
+                args.append(default)
+        return tuple(args), kwargs
 
     def __repr__(self) -> str:
         return f"<op {self.name}>"
@@ -247,8 +297,10 @@ def record(tape: Tape, value: Any, inputs: tuple, kwargs: dict, vjp: Callable, p
     """Append one node to ``tape``; ``parents`` as built by ``Op.__call__``."""
     node = Tensor(value, tape)
     node.inputs, node.kwargs, node.vjp, node.parents = inputs, kwargs, vjp, parents
-    wanted = {p[0] for p in parents}
-    node.needs = tuple(i in wanted for i in range(len(inputs)))
+    needs = [False] * len(inputs)
+    for parent in parents:
+        needs[parent[0]] = True
+    node.needs = tuple(needs)
     tape.nodes.append(node)
     return node
 
@@ -269,6 +321,48 @@ def unbroadcast(grad: Any, shape: tuple) -> Any:
 
 def shape_of(x: Any) -> tuple:
     return tuple(np.shape(x)) if not hasattr(x, "shape") else tuple(x.shape)
+
+
+def array_module(*values: Any) -> Any:
+    """numpy or cupy, whichever owns the arrays among ``values`` (anything else, such as Python
+    scalars and ``None``, is ignored)."""
+    return backend.get_array_module(*values)
+
+
+def argument(node: Tensor, position: int, name: str, default: Any = None) -> Any:
+    """An op argument as its VJP sees it: passed by position, by keyword, or left at its default."""
+    if len(node.inputs) > position:
+        return node.inputs[position]
+    return node.kwargs.get(name, default)
+
+
+def value_and_grad(fn: Callable, *values: Any, output_gradient: Any = None) -> tuple[Any, list]:
+    """``fn(*values)`` and its gradient with respect to each of ``values``, computed on a fresh tape.
+
+    The output is seeded with ``output_gradient`` (default: ones, so a non-scalar output is summed);
+    an argument the output does not depend on gets zeros. For tests, gradient checks and custom loops.
+    """
+    with Tape() as tape:
+        leaves = [Tensor(backend.get_array_module(v).asarray(v), tape) for v in values]
+        output = fn(*leaves)
+    value = value_of(output)
+    xp = array_module(value)
+    seed = xp.ones_like(value) if output_gradient is None else output_gradient
+    tape.backward([(output, seed)])
+    return value, [xp.zeros_like(leaf.value) if leaf.grad is None else leaf.grad for leaf in leaves]
+
+
+def composite(fn: Callable) -> Callable:
+    """Declare an op written with other ops (its gradient is theirs). On symbolic tensors it is
+    one node of the functional graph, its output shape found by running it on small arrays."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if _symbolic_types and (_has_symbolic(args) or _has_symbolic(tuple(kwargs.values()))):
+            return _symbolic_call(wrapper, args, kwargs)
+        return fn(*args, **kwargs)
+
+    return wrapper
 
 
 # ---------------------------------------------------------------------------- gradient control
@@ -300,16 +394,23 @@ def custom_gradient(fn: Callable) -> Callable:
 
         def vjp(node: Tensor, g: Any) -> tuple:
             with pause():
-                try:
-                    grads = grad_fn(upstream=g)
-                except TypeError:
-                    grads = grad_fn(g)
+                # Keras documents both ``grad(upstream)`` and ``grad(*args, upstream=None)``; asking
+                # the signature (not catching TypeError) keeps a TypeError raised inside grad visible.
+                grads = grad_fn(upstream=g) if _takes_upstream_keyword(grad_fn) else grad_fn(g)
             grads = grads if isinstance(grads, (list, tuple)) else (grads,)
             return tuple(None if gr is None else value_of(gr) for gr in grads)
 
         return record(tape, value_of(result), raw, kwargs, vjp, tuple(parents))
 
     return wrapper
+
+
+def _takes_upstream_keyword(fn: Callable) -> bool:
+    try:
+        parameter = inspect.signature(fn).parameters.get("upstream")
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        return False
+    return parameter is not None and parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)
 
 
 class pause:

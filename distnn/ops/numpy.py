@@ -1,71 +1,72 @@
-"""Array ops under Keras 3's ``keras.ops`` names: arithmetic, shapes, reductions.
+"""Keras 3's ``keras.ops`` numpy namespace: element-wise arithmetic and math here, plus (re-exported)
+the shape, reduction, product and array-creation ops of the sibling modules.
 
 Each forward works on raw arrays of the backend's array module; each VJP returns one gradient per
 positional argument (``None`` where the argument is not differentiable). See ``distnn.ops.core``.
+Binary ops broadcast as numpy does; their VJPs sum the gradient back to each input's shape.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from distnn import backend
-from distnn.ops.core import defop, unbroadcast
+from distnn.ops.core import array_module, defop, shape_of, unbroadcast
+from distnn.ops.creation import arange, eye, full, ones, ones_like, zeros, zeros_like  # noqa: F401
+from distnn.ops.linalg import dot, einsum, matmul, tensordot  # noqa: F401
+from distnn.ops.reduction import (argmax, argmin, cumsum, logsumexp, max, mean, min, prod, std,  # noqa: F401
+                                  sum, var)
+from distnn.ops.shape import (broadcast_to, concatenate, expand_dims, flip, getitem, pad, repeat,  # noqa: F401
+                              reshape, split, squeeze, stack, take, take_along_axis, tile, transpose)
 
 
-def _xp(*arrays: Any) -> Any:
-    return backend.get_array_module(*[a for a in arrays if hasattr(a, "shape")])
-
-
-def _shape(x: Any) -> tuple:
-    return tuple(getattr(x, "shape", ()))
+def _binary_grads(node, g1: Any, g2: Any) -> tuple:
+    """The two gradients of a broadcasting binary op, each summed back to its input's shape (or None)."""
+    x1, x2 = node.inputs
+    return (unbroadcast(g1, shape_of(x1)) if node.needs[0] else None,
+            unbroadcast(g2, shape_of(x2)) if node.needs[1] else None)
 
 
 # ------------------------------------------------------------------------------- arithmetic
 @defop
 def add(x1, x2):
-    return _xp(x1, x2).add(x1, x2)
+    return array_module(x1, x2).add(x1, x2)
 
 
 @add.defvjp
 def _(node, g):
-    x1, x2 = node.inputs
-    return (unbroadcast(g, _shape(x1)) if node.needs[0] else None,
-            unbroadcast(g, _shape(x2)) if node.needs[1] else None)
+    return _binary_grads(node, g, g)
 
 
 @defop
 def subtract(x1, x2):
-    return _xp(x1, x2).subtract(x1, x2)
+    return array_module(x1, x2).subtract(x1, x2)
 
 
 @subtract.defvjp
 def _(node, g):
-    x1, x2 = node.inputs
-    return (unbroadcast(g, _shape(x1)) if node.needs[0] else None,
-            unbroadcast(-g, _shape(x2)) if node.needs[1] else None)
+    return _binary_grads(node, g, -g if node.needs[1] else None)
 
 
 @defop
 def multiply(x1, x2):
-    return _xp(x1, x2).multiply(x1, x2)
+    return array_module(x1, x2).multiply(x1, x2)
 
 
 @multiply.defvjp
 def _(node, g):
     x1, x2 = node.inputs
-    return (unbroadcast(g * x2, _shape(x1)) if node.needs[0] else None,
-            unbroadcast(g * x1, _shape(x2)) if node.needs[1] else None)
+    return _binary_grads(node, g * x2 if node.needs[0] else None, g * x1 if node.needs[1] else None)
 
 
 @defop
 def divide(x1, x2):
-    return _xp(x1, x2).true_divide(x1, x2)
+    return array_module(x1, x2).true_divide(x1, x2)
 
 
 @divide.defvjp
 def _(node, g):
     x1, x2 = node.inputs
-    return (unbroadcast(g / x2, _shape(x1)) if node.needs[0] else None,
-            unbroadcast(-g * node.value / x2, _shape(x2)) if node.needs[1] else None)
+    return _binary_grads(node, g / x2 if node.needs[0] else None,
+                         -g * node.value / x2 if node.needs[1] else None)
 
 
 true_divide = divide
@@ -73,7 +74,7 @@ true_divide = divide
 
 @defop
 def negative(x):
-    return -x
+    return array_module(x).negative(x)
 
 
 @negative.defvjp
@@ -83,24 +84,26 @@ def _(node, g):
 
 @defop
 def power(x1, x2):
-    return _xp(x1, x2).power(x1, x2)
+    return array_module(x1, x2).power(x1, x2)
 
 
 @power.defvjp
 def _(node, g):
     x1, x2 = node.inputs
-    xp = _xp(x1, x2)
-    gx1 = unbroadcast(g * x2 * xp.power(x1, x2 - 1), _shape(x1)) if node.needs[0] else None
-    gx2 = None
+    xp = array_module(x1, x2)
+    g1 = g2 = None
+    if node.needs[0]:
+        g1 = g * x2 * xp.power(x1, x2 - 1)
     if node.needs[1]:
-        safe = xp.where(x1 > 0, x1, 1)
-        gx2 = unbroadcast(g * node.value * xp.log(safe), _shape(x2))
-    return gx1, gx2
+        # d(x1**x2)/dx2 = x1**x2 * log(x1): defined for x1 > 0; 0 elsewhere, as JAX and TensorFlow do.
+        positive = x1 > 0
+        g2 = g * node.value * xp.log(xp.where(positive, x1, 1)) * positive
+    return _binary_grads(node, g1, g2)
 
 
 @defop
 def square(x):
-    return _xp(x).square(x)
+    return array_module(x).square(x)
 
 
 @square.defvjp
@@ -110,7 +113,7 @@ def _(node, g):
 
 @defop
 def sqrt(x):
-    return _xp(x).sqrt(x)
+    return array_module(x).sqrt(x)
 
 
 @sqrt.defvjp
@@ -120,7 +123,7 @@ def _(node, g):
 
 @defop
 def exp(x):
-    return _xp(x).exp(x)
+    return array_module(x).exp(x)
 
 
 @exp.defvjp
@@ -130,7 +133,7 @@ def _(node, g):
 
 @defop
 def log(x):
-    return _xp(x).log(x)
+    return array_module(x).log(x)
 
 
 @log.defvjp
@@ -139,8 +142,38 @@ def _(node, g):
 
 
 @defop
+def log1p(x):
+    return array_module(x).log1p(x)
+
+
+@log1p.defvjp
+def _(node, g):
+    return (g / (1 + node.inputs[0]),)
+
+
+@defop
+def sin(x):
+    return array_module(x).sin(x)
+
+
+@sin.defvjp
+def _(node, g):
+    return (g * array_module(g).cos(node.inputs[0]),)
+
+
+@defop
+def cos(x):
+    return array_module(x).cos(x)
+
+
+@cos.defvjp
+def _(node, g):
+    return (-g * array_module(g).sin(node.inputs[0]),)
+
+
+@defop
 def tanh(x):
-    return _xp(x).tanh(x)
+    return array_module(x).tanh(x)
 
 
 @tanh.defvjp
@@ -150,252 +183,97 @@ def _(node, g):
 
 @defop
 def abs(x):  # noqa: A001 - Keras name
-    return _xp(x).abs(x)
+    return array_module(x).abs(x)
 
 
 @abs.defvjp
 def _(node, g):
-    return (g * _xp(g).sign(node.inputs[0]),)
+    return (g * array_module(g).sign(node.inputs[0]),)
+
+
+absolute = abs
 
 
 @defop
+def sign(x):
+    """Not differentiable (its derivative is 0 almost everywhere): returns a plain array."""
+    return array_module(x).sign(x)
+
+
+# ----------------------------------------------------------------------------- selections
+@defop
 def maximum(x1, x2):
-    return _xp(x1, x2).maximum(x1, x2)
+    return array_module(x1, x2).maximum(x1, x2)
 
 
 @maximum.defvjp
 def _(node, g):
     x1, x2 = node.inputs
-    first = x1 >= x2  # ties go to the first argument, as TensorFlow and JAX do
-    return (unbroadcast(g * first, _shape(x1)) if node.needs[0] else None,
-            unbroadcast(g * ~first, _shape(x2)) if node.needs[1] else None)
+    first = x1 >= x2  # ties go to the first argument, as TensorFlow does
+    return _binary_grads(node, g * first if node.needs[0] else None, g * ~first if node.needs[1] else None)
 
 
 @defop
 def minimum(x1, x2):
-    return _xp(x1, x2).minimum(x1, x2)
+    return array_module(x1, x2).minimum(x1, x2)
 
 
 @minimum.defvjp
 def _(node, g):
     x1, x2 = node.inputs
     first = x1 <= x2
-    return (unbroadcast(g * first, _shape(x1)) if node.needs[0] else None,
-            unbroadcast(g * ~first, _shape(x2)) if node.needs[1] else None)
+    return _binary_grads(node, g * first if node.needs[0] else None, g * ~first if node.needs[1] else None)
+
+
+@defop
+def clip(x, x_min, x_max):
+    return array_module(x, x_min, x_max).clip(x, x_min, x_max)
+
+
+@clip.defvjp
+def _(node, g):
+    x, low, high = node.inputs
+    # clip(x) = minimum(maximum(x, x_min), x_max): the bounds get the gradient where they are the value
+    xp = array_module(g)
+    below = x < low if low is not None else xp.zeros(x.shape, dtype=bool)
+    above = x > high if high is not None else xp.zeros(x.shape, dtype=bool)
+    inside = ~(below | above)
+    return (unbroadcast(g * inside, shape_of(x)) if node.needs[0] else None,
+            unbroadcast(g * (below & ~above), shape_of(low)) if node.needs[1] else None,
+            unbroadcast(g * above, shape_of(high)) if node.needs[2] else None)
 
 
 @defop
 def where(condition, x1=None, x2=None):
-    xp = _xp(condition, x1, x2)
+    xp = array_module(condition, x1, x2)
     if x1 is None and x2 is None:
         return xp.nonzero(condition)
+    if x1 is None or x2 is None:
+        raise ValueError("where expects both x1 and x2, or neither. "
+                         f"Received: x1={'None' if x1 is None else 'a tensor'}, "
+                         f"x2={'None' if x2 is None else 'a tensor'}")
     return xp.where(condition, x1, x2)
 
 
 @where.defvjp
 def _(node, g):
     condition, x1, x2 = node.inputs
+    xp = array_module(g)
     zero = g.dtype.type(0)
     return (None,
-            unbroadcast(_xp(g).where(condition, g, zero), _shape(x1)) if node.needs[1] else None,
-            unbroadcast(_xp(g).where(condition, zero, g), _shape(x2)) if node.needs[2] else None)
-
-
-@defop
-def matmul(x1, x2):
-    return _xp(x1, x2).matmul(x1, x2)
-
-
-@matmul.defvjp
-def _(node, g):
-    x1, x2 = node.inputs
-    xp = _xp(x1, x2)
-    gx1 = gx2 = None
-    if node.needs[0]:
-        gx1 = g[..., None] * x2 if x2.ndim == 1 else xp.matmul(g if x1.ndim > 1 else g[..., None, :],
-                                                               xp.swapaxes(x2, -1, -2))
-        gx1 = unbroadcast(gx1.reshape(gx1.shape[:-2] + gx1.shape[-1:]) if x1.ndim == 1 else gx1, _shape(x1))
-    if node.needs[1]:
-        if x1.ndim == 1:
-            gx2 = x1[:, None] * (g[..., None, :] if x2.ndim > 1 else g)
-        elif x2.ndim == 1:
-            gx2 = xp.matmul(xp.swapaxes(x1, -1, -2), g[..., None])[..., 0]
-        else:
-            gx2 = xp.matmul(xp.swapaxes(x1, -1, -2), g)
-        gx2 = unbroadcast(gx2, _shape(x2))
-    return gx1, gx2
+            unbroadcast(xp.where(condition, g, zero), shape_of(x1)) if node.needs[1] else None,
+            unbroadcast(xp.where(condition, zero, g), shape_of(x2)) if node.needs[2] else None)
 
 
 # ---------------------------------------------------------------------------------- casting
 @defop
 def cast(x, dtype):
-    return x.astype(dtype, copy=False)
+    xp = array_module(x)
+    return xp.asarray(x).astype(dtype, copy=False)
 
 
 @cast.defvjp
 def _(node, g):
-    source = node.inputs[0].dtype
-    return (g.astype(source) if source.kind == "f" else None, None)
-
-
-# ---------------------------------------------------------------------------------- shapes
-@defop
-def reshape(x, newshape):
-    return x.reshape(tuple(-1 if d is None else d for d in newshape) if isinstance(newshape, (list, tuple))
-                     else newshape)
-
-
-@reshape.defvjp
-def _(node, g):
-    return (g.reshape(node.inputs[0].shape), None)
-
-
-@defop
-def transpose(x, axes=None):
-    return _xp(x).transpose(x, axes)
-
-
-@transpose.defvjp
-def _(node, g):
-    axes = node.inputs[1] if len(node.inputs) > 1 else node.kwargs.get("axes")
-    xp = _xp(g)
-    if axes is None:
-        return (xp.transpose(g), None)
-    return (xp.transpose(g, tuple(int(i) for i in xp.argsort(xp.asarray([a % g.ndim for a in axes])))), None)
-
-
-@defop
-def getitem(x, key):
-    return x[key]
-
-
-@getitem.defvjp
-def _(node, g):
-    x, key = node.inputs
-    xp = _xp(g)
-    out = xp.zeros(x.shape, dtype=g.dtype)
-    xp.add.at(out, key, g) if _advanced(key) else out.__setitem__(key, g)
-    return (out, None)
-
-
-def _advanced(key: Any) -> bool:
-    """Whether indexing with ``key`` may repeat elements (integer/boolean array indexing)."""
-    keys = key if isinstance(key, tuple) else (key,)
-    return any(hasattr(k, "shape") or isinstance(k, list) for k in keys)
-
-
-@defop
-def expand_dims(x, axis):
-    return _xp(x).expand_dims(x, axis)
-
-
-@expand_dims.defvjp
-def _(node, g):
-    return (g.reshape(node.inputs[0].shape), None)
-
-
-@defop
-def squeeze(x, axis=None):
-    return _xp(x).squeeze(x, axis)
-
-
-@squeeze.defvjp
-def _(node, g):
-    return (g.reshape(node.inputs[0].shape), None)
-
-
-@defop
-def concatenate(xs, axis=0):
-    return _xp(*xs).concatenate(xs, axis=axis)
-
-
-@concatenate.defvjp
-def _(node, g):
-    xs = node.inputs[0]
-    axis = node.kwargs.get("axis", node.inputs[1] if len(node.inputs) > 1 else 0)
-    bounds = _xp(g).cumsum([x.shape[axis] for x in xs])[:-1]
-    return (_xp(g).split(g, [int(b) for b in bounds], axis=axis), None)
-
-
-@defop
-def stack(xs, axis=0):
-    return _xp(*xs).stack(xs, axis=axis)
-
-
-@stack.defvjp
-def _(node, g):
-    axis = node.kwargs.get("axis", node.inputs[1] if len(node.inputs) > 1 else 0)
-    xp = _xp(g)
-    return ([xp.take(g, i, axis=axis) for i in range(g.shape[axis])], None)
-
-
-# ------------------------------------------------------------------------------ reductions
-def _axis_arg(node) -> Any:
-    return node.kwargs.get("axis", node.inputs[1] if len(node.inputs) > 1 else None)
-
-
-def _keepdims_arg(node) -> bool:
-    return bool(node.kwargs.get("keepdims", node.inputs[2] if len(node.inputs) > 2 else False))
-
-
-def _restore_reduced(g: Any, node) -> Any:
-    """Broadcastable ``g`` for a reduction's input: put the reduced axes back as size-1 axes."""
-    axis, shape = _axis_arg(node), node.inputs[0].shape
-    if axis is None or _keepdims_arg(node):
-        return g if axis is not None else g.reshape((1,) * len(shape))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    axes = sorted(a % len(shape) for a in axes)
-    return _xp(g).expand_dims(g, tuple(axes))
-
-
-@defop
-def sum(x, axis=None, keepdims=False):  # noqa: A001 - Keras name
-    return _xp(x).sum(x, axis=_tuple_axis(axis), keepdims=keepdims)
-
-
-@sum.defvjp
-def _(node, g):
-    x = node.inputs[0]
-    return (_xp(g).broadcast_to(_restore_reduced(g, node), x.shape),)
-
-
-@defop
-def mean(x, axis=None, keepdims=False):
-    return _xp(x).mean(x, axis=_tuple_axis(axis), keepdims=keepdims)
-
-
-@mean.defvjp
-def _(node, g):
-    x = node.inputs[0]
-    count = x.size // max(1, _xp(g).asarray(node.value).size)
-    return (_xp(g).broadcast_to(_restore_reduced(g, node) / count, x.shape),)
-
-
-def _tuple_axis(axis: Any) -> Any:
-    return tuple(axis) if isinstance(axis, list) else axis
-
-
-def _extremum_vjp(node, g):
-    x = node.inputs[0]
-    xp = _xp(g)
-    value = _restore_reduced(node.value if node.value.ndim or _axis_arg(node) is not None else
-                             xp.asarray(node.value), node)
-    hit = x == value
-    count = hit.sum(axis=_tuple_axis(_axis_arg(node)), keepdims=True) if _axis_arg(node) is not None else hit.sum()
-    return (hit * (_restore_reduced(g, node) / count),)
-
-
-@defop
-def max(x, axis=None, keepdims=False, initial=None):  # noqa: A001 - Keras name
-    return _xp(x).max(x, axis=_tuple_axis(axis), keepdims=keepdims, initial=initial)
-
-
-max.defvjp(_extremum_vjp)
-
-
-@defop
-def min(x, axis=None, keepdims=False, initial=None):  # noqa: A001 - Keras name
-    return _xp(x).min(x, axis=_tuple_axis(axis), keepdims=keepdims, initial=initial)
-
-
-min.defvjp(_extremum_vjp)
+    source = array_module(g).asarray(node.inputs[0]).dtype
+    # Gradients flow between float types only; an integer input has none.
+    return (g.astype(source, copy=False) if source.kind in "fc" else None, None)

@@ -23,14 +23,26 @@ from distnn.ops.operators import TensorOperators
 _ids = itertools.count()
 
 
+_op_name_counts: dict[str, int] = {}
+
+
+def _unique_op_name(base: str) -> str:
+    count = _op_name_counts.get(base, 0)
+    _op_name_counts[base] = count + 1
+    return base if count == 0 else f"{base}_{count}"
+
+
 class Node:
-    """One call of an operation on symbolic tensors."""
+    """One call of an operation on symbolic tensors. A node of an op (not a layer) gets its own unique
+    ``name`` (``add``, ``add_1``...), as Keras names op layers in summaries and configs."""
 
     def __init__(self, operation: Any, args: tuple, kwargs: dict, outputs: Any):
         self.operation = operation
         self.args = args
         self.kwargs = kwargs
         self.outputs = outputs
+        layer_name = getattr(operation, "name", None) if hasattr(operation, "_inbound_nodes") else None
+        self.name = layer_name or _unique_op_name(getattr(operation, "name", getattr(operation, "__name__", "op")))
 
     @property
     def input_tensors(self) -> list["KerasTensor"]:

@@ -73,6 +73,9 @@ class Nadam(Adam):
 
     def __init__(self, learning_rate: Any = 0.001, beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7,
                  **kwargs: Any):
+        if "amsgrad" in kwargs:  # Adam's option would reach Adam.__init__ and then do nothing here
+            raise ValueError(f"Nadam has no amsgrad option (neither has Keras 3's Nadam): use Adam(amsgrad=True). "
+                             f"Received: amsgrad={kwargs['amsgrad']!r}")
         super().__init__(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, **kwargs)
         self.u_product = 1.0
 

@@ -3,7 +3,7 @@
 The model hands the optimizer one 1-D parameter array, the gradient array of the same layout and
 the (offset, size) segment of each variable. Every update is a handful of whole-array operations;
 the optimizer's state (momenta, moments, accumulators) is flat too, so it is saved, restored and
-broadcast as a few arrays (DESIGN.md).
+broadcast as a few arrays (docs/architecture.md).
 """
 from __future__ import annotations
 
@@ -90,12 +90,15 @@ class Optimizer:
     def built(self) -> bool:
         return len(self.slots) == len(self.slot_names) and hasattr(self, "_scratch")
 
+    def state_items(self) -> list[tuple[str, Any]]:
+        """The state as ``(name, array)`` pairs, not copied: the flat slots (on the device), then
+        ``iterations`` and any extra scalars. Saving streams them one at a time."""
+        return [*self.slots.items(), ("iterations", np.array(self.iterations, dtype=np.int64)),
+                *self._extra_state().items()]
+
     def get_state(self) -> dict[str, np.ndarray]:
         """Host copies of the flat state arrays plus ``iterations`` (for checkpoints)."""
-        state = {name: backend.to_numpy(slot).copy() for name, slot in self.slots.items()}
-        state["iterations"] = np.array(self.iterations, dtype=np.int64)
-        state.update(self._extra_state())
-        return state
+        return {name: np.array(backend.to_numpy(value)) for name, value in self.state_items()}
 
     def set_state(self, state: dict[str, Any]) -> None:
         for name in self.slot_names:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from distnn import serialization
 from distnn.arguments import check_integer, check_optional_real, check_real
 
 
@@ -79,15 +80,17 @@ class CosineDecay(LearningRateSchedule):
         return peak * ((1 - self.alpha) * cosine + self.alpha)
 
 
-_CLASSES = {cls.__name__: cls for cls in (ExponentialDecay, PiecewiseConstantDecay, CosineDecay)}
+_TABLE = {cls.__name__: cls for cls in (LearningRateSchedule, ExponentialDecay, PiecewiseConstantDecay, CosineDecay)}
+serialization.register_builtins("distnn.optimizers.schedules", _TABLE)
 
 
 def serialize(schedule: LearningRateSchedule) -> dict:
-    return {"class_name": type(schedule).__name__, "config": schedule.get_config()}
+    return serialization.serialize_keras_object(schedule)
 
 
 def deserialize(config: dict, custom_objects: dict[str, Any] | None = None) -> LearningRateSchedule:
-    cls = {**_CLASSES, **(custom_objects or {})}.get(config["class_name"])
-    if cls is None:
-        raise ValueError(f"Unknown learning-rate schedule {config['class_name']!r}: pass it in custom_objects")
-    return cls.from_config(config["config"])
+    """A schedule from ``serialize``'s dict: a built-in, registered or given class."""
+    schedule = serialization.deserialize_keras_object(config, custom_objects, _TABLE, "learning-rate schedule")
+    if not isinstance(schedule, LearningRateSchedule):
+        raise ValueError(f"{config!r:.200} is not a LearningRateSchedule configuration")
+    return schedule
