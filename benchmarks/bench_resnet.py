@@ -1,7 +1,7 @@
 """Residual CNN training throughput: distnn vs the same PyTorch model, plus the tape's cost per op.
 
 Model: examples/resnet_digits.py's functional residual network — Conv2D+BatchNormalization+ReLU
-stem, ``--blocks`` residual blocks of two 3x3 convolutions with an additive skip (``ops.add``),
+stem, ``--blocks`` residual blocks of two 3x3 convolutions with an additive skip (``Add``),
 global average pooling, Dense softmax — on ``--size`` x ``--size`` x 1 synthetic images, Adam(1e-3),
 cross-entropy, batch 32, one thread. The PyTorch model is built layer for layer the same (bias-free
 convolutions, BatchNorm with the same momentum and epsilon). Both train on the same batches in this

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from distnn import ops
+from distnn import layers
 
 from conftest import load_example
 
@@ -32,12 +32,12 @@ def test_resnet_digits_reaches_097_over_seeds(capsys):
 def test_resnet_digits_graph_has_the_skips():
     resnet = load_example("resnet_digits")
     model = resnet.build_model(filters=8, blocks=3)
-    skips = [node for node in model._nodes if node.operation is ops.add]
+    skips = [node for node in model._nodes if isinstance(node.operation, layers.Add)]
     assert len(skips) == 3
     for node in skips:  # each adds the block's input to its second BatchNormalization's output
         shortcut, branch = node.input_tensors
-        assert type(branch.node.operation).__name__ == "BatchNormalization"
-        assert type(shortcut.node.operation).__name__ == "Activation"
+        assert isinstance(branch.node.operation, layers.BatchNormalization)
+        assert isinstance(shortcut.node.operation, layers.Activation)
     assert model.output_shape == (None, 10)
     x = np.random.default_rng(0).random((5, 8, 8, 1), dtype=np.float32)
     probabilities = model.predict(x, verbose=0)
