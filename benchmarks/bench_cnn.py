@@ -13,6 +13,7 @@ Prints samples/s for each framework and their ratio, then where distnn's step ti
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import time
 
@@ -93,6 +94,7 @@ def distnn_time_split(x: np.ndarray, y: np.ndarray, batch_size: int) -> dict[str
     times: dict[str, float] = {}
 
     def timed(key: str, fn):
+        @functools.wraps(fn)  # keeps the signature: Layer.__call__ passes ``training`` only if ``call`` takes it
         def wrapper(*args, **kwargs):
             start = time.process_time()
             result = fn(*args, **kwargs)
