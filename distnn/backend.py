@@ -21,6 +21,11 @@ _cupy: Any = None  # the cupy module once a GPU is selected
 _device: str | None = None
 
 
+def image_data_format() -> str:
+    """Keras' ``image_data_format()``: image layers default to ``"channels_last"`` (NHWC)."""
+    return "channels_last"
+
+
 def floatx() -> str:
     """The default float dtype name for new weights and data (``"float32"`` unless changed)."""
     return _floatx

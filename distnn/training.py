@@ -15,9 +15,10 @@ import numpy as np
 
 import warnings
 
-from distnn import arguments, backend, compile_utils, data, optimizers
+from distnn import arguments, backend, compile_utils, data, optimizers, training_inputs
 from distnn.callbacks import CallbackList, History, ProgbarLogger
 from distnn.distributed import consistency
+from distnn.distributed.optimizer import reduce_and_apply
 from distnn.layers.base import _fused_vjp
 from distnn.ops import symbolic
 from distnn.ops.core import Tape, Tensor, value_of
@@ -64,6 +65,7 @@ class TrainingMixin:
         self.stop_requested = False  # set (e.g. by a signal handler) to stop at the next step boundary
         self._stop_now = False
         self.progress: TrainingProgress | None = None
+        self._horovod: Any = None  # the DistributedOptimizer compile() received, if any
 
     # -------------------------------------------------------------------------------- compile
     def compile(self, optimizer: Any = "rmsprop", loss: Any = None, loss_weights: Any = None, metrics: Any = None,
@@ -85,9 +87,10 @@ class TrainingMixin:
                           "per execution", stacklevel=2)
         from distnn.distributed.optimizer import DistributedOptimizer  # noqa: PLC0415 - no MPI import
 
-        # fit() already averages gradients exactly over the global batch: a Horovod-style
-        # DistributedOptimizer is unwrapped rather than reducing a second time.
-        if isinstance(optimizer, DistributedOptimizer):
+        # fit() reduces gradients itself: a Horovod DistributedOptimizer is unwrapped, and its
+        # settings select Horovod's semantics (docs/architecture.md, "Input pipelines and data-parallel modes").
+        self._horovod = optimizer if isinstance(optimizer, DistributedOptimizer) else None
+        if self._horovod is not None:
             optimizer = optimizer.optimizer
         compile_utils.check_losses(loss)
         compile_utils.check_metric_specs(metrics)
@@ -294,11 +297,9 @@ class TrainingMixin:
         """One data-parallel step on this rank's shard; returns the step's global metric states
         followed by the number of ranks that asked to stop."""
         states = np.append(self._local_gradients(x, ys, weights, global_count), float(self.stop_requested))
-        comm.allreduce(self.grads, op="sum")
-        self._add_regularization_gradients()
-        self.optimizer.apply(self.params, self.grads)
-        for v in self._constrained:  # as Keras: each variable's constraint after every update
-            v.value[...] = v.constraint(v.value)
+        if reduce_and_apply(self, comm):  # False while gradients accumulate
+            for v in self._constrained:  # as Keras: each variable's constraint after every update
+                v.value[...] = v.constraint(v.value)
         return comm.allreduce(states, op="sum") if comm.size > 1 else states
 
     def compute_gradients(self, x: Any, y: Any, sample_weight: Any = None) -> tuple[float, np.ndarray]:
@@ -310,7 +311,8 @@ class TrainingMixin:
         """
         self._require_compiled("compute_gradients()")
         x, ys, sample_weight = self._check_xy(x, y, sample_weight)
-        states = self._local_gradients(data.take(x, slice(None)), [backend.to_device(t) for t in ys],
+        states = self._local_gradients(data.take(x, slice(None), training_inputs.input_dtypes(self, x)),
+                                       [backend.to_device(t) for t in ys],
                                        None if sample_weight is None else backend.to_device(sample_weight),
                                        len(ys[0]))
         self._add_regularization_gradients()
@@ -336,25 +338,11 @@ class TrainingMixin:
 
     # ------------------------------------------------------------------------------- checking
     def _check_x(self, x: Any) -> Any:
+        """``x`` checked and the model built for it; it keeps its dtype (batches are cast as they are
+        taken: ``training_inputs.input_dtypes``)."""
         x = data.as_structure(x, "x")
         self._ensure_built(x)
-        return self._cast_inputs(x)
-
-    def _cast_inputs(self, x: Any) -> Any:
-        """Inputs in the dtype the model's inputs declare (token ids stay integers), else the weights' float."""
-        arrays = data.leaves(x)
-        declared = [t.dtype for t in getattr(self, "inputs", None) or []] if not isinstance(x, dict) else []
-        dtypes = declared if len(declared) == len(arrays) else [None] * len(arrays)
-
-        def cast(array: np.ndarray, dtype: Any) -> np.ndarray:
-            if dtype is not None and np.dtype(dtype).kind in "iu" and array.dtype.kind in "iu":
-                return array
-            return array.astype(dtype or self.params.dtype, copy=False)
-
-        result = [cast(a, d) for a, d in zip(arrays, dtypes)]
-        if isinstance(x, dict):
-            return dict(zip(x, result))
-        return result if isinstance(x, list) else result[0]
+        return x
 
     def _check_xy(self, x: Any, y: Any, sample_weight: Any = None) -> tuple[Any, list, Any]:
         x = self._check_x(x)
@@ -393,68 +381,44 @@ class TrainingMixin:
             A ``History`` whose ``history`` dict holds the global per-epoch logs.
         """
         self._require_compiled("fit()")
-        batch_size = data.check_batch_size(32 if batch_size is None else batch_size)
         steps_per_epoch, validation_freq = arguments.check_fit_arguments(
             epochs, validation_split, steps_per_epoch, validation_freq, validation_batch_size, initial_epoch, shuffle)
         verbose = arguments.check_verbose(verbose)
-        if validation_steps is not None:
-            raise ValueError("validation_steps applies to generator inputs, which distnn's fit does not take yet. "
-                             f"Received: validation_steps={validation_steps}")
-        x, ys, sample_weight = self._check_xy(x, y, sample_weight)
         comm = _communicator()
-        consistency.check_ranks_agree(comm, "fit", data={
-            "x": x, "y": ys, "sample_weight": sample_weight, "validation_data": validation_data}, settings={
-            "batch_size": batch_size, "epochs": epochs, "steps_per_epoch": steps_per_epoch, "shuffle": shuffle,
-            "validation_split": validation_split, "validation_freq": validation_freq,
-            "validation_batch_size": validation_batch_size, "class_weight": class_weight, "initial_epoch": initial_epoch,
-            **self._compiled_settings()})
-        count = len(ys[0])
-        if validation_split and validation_data is None:
-            split = int(count * (1 - validation_split))
-            if split == 0 or split == count:
-                raise ValueError(f"validation_split={validation_split} leaves no training or validation samples "
-                                 f"out of {count}")
-            rows = slice(split, None)
-            validation = (_rows(x, rows), [t[rows] for t in ys], None if sample_weight is None else sample_weight[rows])
-            x, ys = _rows(x, slice(0, split)), [t[:split] for t in ys]
-            sample_weight = None if sample_weight is None else sample_weight[:split]
-            count = split
-        elif validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
-                raise ValueError("validation_data must be (x, y) or (x, y, sample_weight). "
-                                 f"Received: {type(validation_data).__name__}")
-            validation = self._check_xy(*validation_data)
-        else:
-            validation = None
-        sample_weight = self._class_sample_weights(ys, class_weight, sample_weight)
+        inputs = training_inputs.prepare_fit(
+            self, comm, x, y, sample_weight, batch_size, steps_per_epoch, shuffle, validation_split, validation_data,
+            validation_steps, validation_batch_size, class_weight,
+            {"epochs": epochs, "validation_freq": validation_freq, "initial_epoch": initial_epoch}, self._horovod)
+        plan = inputs.plan
         self._sync_replicas(comm)
-        num_steps = data.steps_per_epoch(count, batch_size)
-        if steps_per_epoch is not None:
-            num_steps = min(num_steps, int(steps_per_epoch))
         # One shuffling seed for the whole run, drawn on rank 0: every rank derives the same order.
         self._data_seed = comm.bcast_obj(int(global_rng().integers(2**31)), root=0)
 
         self.history = History()
         cb = CallbackList(callbacks, model=self, history=self.history,
                           progbar=ProgbarLogger(verbose) if verbose and comm.rank == 0 else None,
-                          params={"epochs": epochs, "steps": num_steps, "verbose": verbose,
-                                  "batch_size": batch_size, "samples": count})
+                          params={"epochs": epochs, "steps": plan.num_steps, "verbose": verbose,
+                                  "batch_size": batch_size, "samples": plan.samples})
         self.stop_training = False
         self.stop_requested = False
         self._stop_now = False
         self.progress = TrainingProgress(epoch=initial_epoch, step=0, totals=np.zeros(self._state_size()))
-        self._fit_arrays = (x, ys, sample_weight)  # a BackupAndRestore callback fingerprints the data
+        self._fit_arrays = inputs.arrays  # a BackupAndRestore callback fingerprints the data
         cb.on_train_begin()  # a BackupAndRestore callback may move self.progress to a saved point
         self._fit_arrays = None
         while self.progress.epoch < epochs:
             epoch = self.progress.epoch
             cb.on_epoch_begin(epoch)
-            epoch_logs = self._run_epoch(x, ys, sample_weight, count, batch_size, num_steps, shuffle, comm, cb)
+            epoch_logs = self._run_epoch(plan, comm, cb)
             if self._stop_now:  # preempted mid-epoch: no epoch end, the backup resumes this epoch
                 break
-            if validation is not None and arguments.validates_after(epoch, validation_freq):
-                val = self._evaluate_checked(*validation, batch_size=validation_batch_size or batch_size, comm=comm,
-                                             callbacks=cb)
+            if plan.ran_out:  # Keras' rule for generators that end before steps_per_epoch * epochs
+                self.stop_training = True
+                if comm.rank == 0:
+                    warnings.warn("Your input ran out of data; interrupting training. Make sure it can generate "
+                                  "at least steps_per_epoch * epochs batches", stacklevel=2)
+            if inputs.validation is not None and arguments.validates_after(epoch, validation_freq):
+                val = self._evaluate_checked(inputs.validation, comm=comm, callbacks=cb)
                 epoch_logs.update({"val_" + k: v for k, v in val.items()})
             self.progress.next_epoch()
             cb.on_epoch_end(epoch, epoch_logs)
@@ -470,26 +434,21 @@ class TrainingMixin:
         """True when the last ``fit`` ended early because some rank asked to stop (``stop_requested``)."""
         return self._stop_now
 
-    def _run_epoch(self, x, ys, sample_weight, count, batch_size, num_steps, shuffle, comm, cb) -> dict:
+    def _run_epoch(self, plan: Any, comm: Any, cb: CallbackList) -> dict:
         progress = self.progress
-        order = data.epoch_order(count, shuffle, self._data_seed, progress.epoch)
         logs = self._logs_from(progress.totals) if progress.step else {}
-        for batch in data.global_batches(order[:num_steps * batch_size], batch_size, progress.step):
-            step = progress.step
-            cb.on_train_batch_begin(step)
-            start, stop = data.shard_bounds(len(batch), comm.rank, comm.size)
-            local = batch[start:stop]
+        for step in plan.epoch(self._data_seed, progress.epoch, progress.step):
+            cb.on_train_batch_begin(step.index)
             # Random layers draw per global sample, from (data seed, epoch, step): N ranks = 1 process.
-            with training_step(self._data_seed, (progress.epoch, step), offset=start, count=stop - start):
-                states = self._train_step(data.take(x, local), [data.take(t, local) for t in ys],
-                                          data.take(sample_weight, local), len(batch), comm)
+            with training_step(self._data_seed, (progress.epoch, step.index), offset=step.offset, count=step.count):
+                states = self._train_step(step.x, step.ys, step.sample_weight, step.global_count, comm)
             progress.totals += states[:-1]
             progress.step += 1
             # A stop request (a preemption signal on any rank) is summed with the metrics, so every
             # rank agrees to stop after the same step without an extra collective.
             self._stop_now = states[-1] > 0
             logs = self._logs_from(progress.totals)
-            cb.on_train_batch_end(step, logs)
+            cb.on_train_batch_end(step.index, logs)
             if self._stop_now or self.stop_training:  # Keras stops within the epoch too
                 break
         return logs
@@ -504,37 +463,30 @@ class TrainingMixin:
             ``loss`` alone without metrics, else ``[loss, *metrics]``; a dict with ``return_dict=True``.
         """
         self._require_compiled("evaluate()")
-        if steps is not None:
-            raise ValueError(f"evaluate(steps=...) applies to generator inputs, not arrays. Received: steps={steps}")
-        batch_size = data.check_batch_size(32 if batch_size is None else batch_size)
         verbose = arguments.check_verbose(verbose)
-        x, ys, sample_weight = self._check_xy(x, y, sample_weight)
         comm = _communicator()
-        consistency.check_ranks_agree(comm, "evaluate", data={"x": x, "y": ys, "sample_weight": sample_weight},
-                                      settings={"batch_size": batch_size, **self._compiled_settings()})
+        inputs = training_inputs.prepare_eval(self, comm, "evaluate()", x, y, sample_weight, batch_size, steps)
         self._sync_replicas(comm)
-        logs = self._evaluate_checked(x, ys, sample_weight, batch_size=batch_size, comm=comm, callbacks=callbacks,
-                                      verbose=verbose)
+        logs = self._evaluate_checked(inputs, comm=comm, callbacks=callbacks, verbose=verbose)
         if return_dict:
             return logs
         values = list(logs.values())
         return values[0] if len(values) == 1 else values
 
-    def _evaluate_checked(self, x: Any, ys: list, sample_weight: Any, batch_size: int, comm: Any,
-                          callbacks: Any = None, verbose: int = 0) -> dict:
-        start, stop = data.shard_bounds(len(ys[0]), comm.rank, comm.size)
+    def _evaluate_checked(self, inputs: training_inputs.EvalInputs, comm: Any, callbacks: Any = None,
+                          verbose: int = 0) -> dict:
         cb = callbacks if isinstance(callbacks, CallbackList) else CallbackList(
             callbacks, model=self, progbar=ProgbarLogger(verbose) if verbose and comm.rank == 0 else None,
-            params={"verbose": verbose, "epochs": 1, "steps": data.steps_per_epoch(stop - start, batch_size)})
+            params={"verbose": verbose, "epochs": 1, "steps": inputs.num_steps(comm.rank, comm.size)})
         cb.on_test_begin()
         totals = np.zeros(self._state_size())
-        for step, lo in enumerate(range(start, stop, batch_size)):
+        for step, (x, ys, weights, count) in enumerate(inputs.parts(comm.rank, comm.size)):
             cb.on_test_batch_begin(step)
-            index = slice(lo, min(lo + batch_size, stop))
-            outputs = self._flat_outputs(self(data.take(x, index), training=False))
-            totals += self._batch_states([data.take(t, index) for t in ys], outputs,
-                                         data.take(sample_weight, index), index.stop - index.start)
+            outputs = self._flat_outputs(self(x, training=False)) if count else []
+            if count:
+                totals += self._batch_states(ys, outputs, weights, count)
             cb.on_test_batch_end(step, self._logs_from(totals) if cb.wants_test_batch_logs else {})
+        inputs.done()
         if comm.size > 1:
             comm.allreduce(totals, op="sum")
         logs = self._logs_from(totals)
@@ -546,34 +498,33 @@ class TrainingMixin:
                 callbacks: list | None = None) -> Any:
         """Predictions for every sample of ``x``, in order (sharded across ranks, then gathered).
 
-        Returns one array per output, in the structure the model returns (array, list or dict).
+        In own-shard mode (each rank passed its own ``x``) every rank gets the predictions of its own
+        ``x``. Returns one array per output, in the structure the model returns (array, list or dict).
         """
-        batch_size = data.check_batch_size(32 if batch_size is None else batch_size)
-        if steps is not None:
-            raise ValueError(f"predict(steps=...) applies to generator inputs, not arrays. Received: steps={steps}")
         verbose = arguments.check_verbose(verbose)
-        x = self._check_x(x)
         comm = _communicator()
-        consistency.check_ranks_agree(comm, "predict", data={"x": x}, settings={"batch_size": batch_size})
+        inputs = training_inputs.prepare_eval(self, comm, "predict()", x, None, None, batch_size, steps)
         self._sync_replicas(comm)
-        count = data.num_samples(x, "x")
-        start, stop = data.shard_bounds(count, comm.rank, comm.size)
         cb = CallbackList(callbacks, model=self, progbar=ProgbarLogger(verbose) if verbose and comm.rank == 0 else None,
-                          params={"verbose": verbose, "epochs": 1, "steps": data.steps_per_epoch(stop - start, batch_size)})
+                          params={"verbose": verbose, "epochs": 1, "steps": inputs.num_steps(comm.rank, comm.size)})
         cb.on_predict_begin()
-        template = self(data.take(x, slice(0, 1)), training=False)
+        lengths: list = []  # each batch's length (batch inputs in same-data mode: to restore the order)
+        template = self(inputs.sample_x(), training=False)
         parts = []
-        for step, lo in enumerate(range(start, stop, batch_size)):
+        for step, (x_part, _, _, count) in enumerate(inputs.parts(comm.rank, comm.size, lengths)):
             cb.on_predict_batch_begin(step)
-            parts.append([backend.to_numpy(value_of(o)) for o in self._flat_outputs(
-                self(data.take(x, slice(lo, min(lo + batch_size, stop))), training=False))])
-            cb.on_predict_batch_end(step, parts[-1][0] if len(parts[-1]) == 1 else parts[-1])
-        flat_template = self._flat_outputs(template)
+            parts.append([backend.to_numpy(value_of(o)) for o in self._flat_outputs(self(x_part, training=False))]
+                         if count else None)
+            if parts[-1] is not None:
+                cb.on_predict_batch_end(step, parts[-1][0] if len(parts[-1]) == 1 else parts[-1])
+        inputs.done()
+        gather = comm.size > 1 and not inputs.own
         results = []
-        for i, t in enumerate(flat_template):
-            local = np.concatenate([p[i] for p in parts]) if parts else \
-                np.zeros((0, *np.shape(value_of(t))[1:]), dtype=value_of(t).dtype)
-            results.append(comm.allgather(local) if comm.size > 1 else local)
+        for i, t in enumerate(self._flat_outputs(template)):
+            pieces = [p[i] for p in parts if p is not None]
+            local = np.concatenate(pieces) if pieces else np.zeros((0, *np.shape(value_of(t))[1:]),
+                                                                   dtype=value_of(t).dtype)
+            results.append(training_inputs.gather_predictions(comm, local, lengths) if gather else local)
         it = iter(results)
         predictions = symbolic.map_structure(lambda _: next(it), template)
         cb.on_predict_end()
@@ -586,19 +537,27 @@ class TrainingMixin:
         self._require_compiled("train_on_batch()")
         x, ys, sample_weight = self._check_xy(x, y, sample_weight)
         comm = _communicator()
-        # One small allgather per call (measured in docs/architecture.md, "Reliability").
-        consistency.check_ranks_agree(comm, "train_on_batch", data={"x": x, "y": ys, "sample_weight": sample_weight},
-                                      settings={"class_weight": class_weight, **self._compiled_settings()})
+        # One small allgather per call (measured in docs/architecture.md, "Reliability"). Ranks that
+        # pass different batches train on their concatenation (own-shard mode, Horovod's loops).
+        agreement = consistency.check_ranks_agree(
+            comm, "train_on_batch", data={"x": x, "y": ys, "sample_weight": sample_weight},
+            settings={"class_weight": class_weight, **self._compiled_settings()},
+            own_data=(("x", "y", "sample_weight"),))
         sample_weight = self._class_sample_weights(ys, class_weight, sample_weight)
         if self._synced_with is not comm:
             self._sync_replicas(comm)
             self._synced_with = comm
             self._batch_seed = comm.bcast_obj(int(global_rng().integers(2**31)), root=0)  # for random layers
-        start, stop = data.shard_bounds(len(ys[0]), comm.rank, comm.size)
-        local = slice(start, stop)
+        if "x" in agreement.own:
+            counts = agreement.lengths("x")
+            start, stop, total = sum(counts[:comm.rank]), sum(counts[:comm.rank + 1]), sum(counts)
+            local = slice(None)
+        else:
+            start, stop = data.shard_bounds(len(ys[0]), comm.rank, comm.size)
+            total, local = len(ys[0]), slice(start, stop)
         with training_step(self._batch_seed, (self.optimizer.iterations,), offset=start, count=stop - start):
-            states = self._train_step(data.take(x, local), [data.take(t, local) for t in ys],
-                                      data.take(sample_weight, local), len(ys[0]), comm)
+            states = self._train_step(data.take(x, local, training_inputs.input_dtypes(self, x)),
+                                      [data.take(t, local) for t in ys], data.take(sample_weight, local), total, comm)
         logs = self._logs_from(states[:-1])
         if return_dict:
             return logs
@@ -611,14 +570,6 @@ class TrainingMixin:
 
     def predict_on_batch(self, x: Any) -> Any:
         return self.predict(x, batch_size=max(1, data.num_samples(data.as_structure(x, "x"), "x")), verbose=0)
-
-
-def _rows(x: Any, index: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: v[index] for k, v in x.items()}
-    if isinstance(x, list):
-        return [v[index] for v in x]
-    return x[index]
 
 
 def _per_sample(values: Any, count: int) -> Any:

@@ -1,5 +1,5 @@
 """Utilities with Keras names: ``to_categorical``, ``normalize``, ``set_random_seed``, ``clear_session``,
-the gradient checks, and (as in Keras 3) the serialization registry's functions.
+``PyDataset`` (``Sequence``), the gradient checks, and (as in Keras 3) the serialization registry's functions.
 
 Nothing inside distnn imports this module: it only gathers public names (the generator and the
 layer-name counters live in ``distnn.global_state``), so it may import anything without a cycle.
@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from distnn.data.py_dataset import PyDataset, Sequence
 from distnn.global_state import clear_session, global_rng, set_random_seed
 from distnn.gradient_check import (check_gradients, check_layer_gradients, check_loss_gradients,
                                    check_model_gradients)
@@ -17,7 +18,8 @@ from distnn.serialization import (CustomObjectScope, custom_object_scope, deseri
                                   get_custom_objects, get_registered_name, get_registered_object,
                                   register_keras_serializable, serialize_keras_object)
 
-__all__ = ["to_categorical", "normalize", "set_random_seed", "clear_session", "global_rng", "check_gradients",
+__all__ = ["to_categorical", "normalize", "set_random_seed", "clear_session", "global_rng", "PyDataset", "Sequence",
+           "check_gradients",
            "check_layer_gradients", "check_loss_gradients", "check_model_gradients",
            # Keras 3 also offers the serialization registry under keras.utils
            "CustomObjectScope", "custom_object_scope", "deserialize_keras_object", "get_custom_objects",

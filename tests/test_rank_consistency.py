@@ -23,38 +23,38 @@ SCRIPT = "tests/mpi_scripts/rank_mismatch.py"
 
 # What the ranks say when rank 2 of 3 differs, by case: the first line of the error.
 EXPECTED = {
-    "len_x": "len(x): ranks 0-1 have 96, rank 2 has 95 (in fit())",
+    "len_x": "their x/y/sample_weight data: ranks 0-1 pass identical data, the other ranks different data (in fit())",
     "batch_size": "batch_size: ranks 0-1 have 32, rank 2 has 64 (in fit())",
     "epochs": "epochs: ranks 0-1 have 2, rank 2 has 3 (in fit())",
     "steps_per_epoch": "steps_per_epoch: ranks 0-1 have 2, rank 2 has 3 (in fit())",
     "learning_rate": "optimizer.learning_rate: ranks 0-1 have 0.1, rank 2 has 0.2 (in fit())",
-    "data_content": r"x content: ranks 0-1 have 'sampled-rows hash [0-9a-f]{8}', rank 2 has 'sampled-rows hash [0-9a-f]{8}' \(in fit\(\)\)",
+    "data_content": "their x/y/sample_weight data: ranks 0-1 pass identical data, the other ranks different data (in fit())",
     "shuffle": "shuffle: ranks 0-1 have True, rank 2 has False (in fit())",
     "class_weight": "class_weight: ranks 0-1 have None, rank 2 has {0: 1.0, 1: 2.0, 2: 1.0} (in fit())",
     "validation_split": "validation_split: ranks 0-1 have 0.2, rank 2 has 0.25 (in fit())",
     "optimizer_class": "optimizer: ranks 0-1 have 'Adam', rank 2 has 'SGD' (in fit())",
-    "predict_length": "len(x): ranks 0-1 have 50, rank 2 has 49 (in predict())",
-    "evaluate_length": "len(x): ranks 0-1 have 40, rank 2 has 41 (in evaluate())",
-    "train_on_batch": "len(x): ranks 0-1 have 16, rank 2 has 17 (in train_on_batch())",
+    "predict_length": "their x/y/sample_weight data: ranks 0-1 pass identical data, the other ranks different data (in predict())",
+    "evaluate_length": "their x/y/sample_weight data: ranks 0-1 pass identical data, the other ranks different data (in evaluate())",
+    "train_on_batch": "their x/y/sample_weight data: ranks 0-1 pass identical data, the other ranks different data (in train_on_batch())",
+    "validation_dtype": "validation_data[0].dtype: ranks 0-1 have 'float32', rank 2 has 'float64' (in fit())",
 }
 
 
 def _pattern(case: str) -> str:
-    expected = EXPECTED[case]
-    return expected if case == "data_content" else re.escape(expected)
+    return re.escape(EXPECTED[case])
 
 
 @pytest.mark.mpi
 def test_every_mismatch_raises_the_same_error_on_every_rank():
     start = time.monotonic()
     # Ranks mix their output lines under mpiexec: parse the records, not the lines.
-    proc = run_mpi(3, [SCRIPT, *EXPECTED, "none"], timeout=60)
+    proc = run_mpi(3, [SCRIPT, *EXPECTED, "none", "own_shards"], timeout=60)
     elapsed = time.monotonic() - start
     reports = re.findall(r"case (\w+) rank (\d): (.*?) \[([\d.]+)s\]", proc.stdout)
     outcomes: dict[str, dict[int, str]] = {}
     for case, rank, outcome, _ in reports:
         outcomes.setdefault(case, {})[int(rank)] = outcome
-    assert set(outcomes) == {*EXPECTED, "none"}, proc.stdout
+    assert set(outcomes) == {*EXPECTED, "none", "own_shards"}, proc.stdout
     for case in EXPECTED:
         assert sorted(outcomes[case]) == [0, 1, 2], (case, proc.stdout)
         for rank, outcome in outcomes[case].items():
@@ -69,6 +69,11 @@ def test_every_mismatch_raises_the_same_error_on_every_rank():
     assert match and float(match[2]) < 0.8 * float(match[1]), matching[0]
     # (The 2 gathers of a fit: this check's digest and the model structure hash, whatever the
     # number of epochs and steps: the check costs one small collective per call, not per step.)
+    # Data that differs on every rank is no mistake: each rank brings its own shard. Every rank
+    # then trains on its 96, 95 and 94 samples with batch_size 16 per rank: 6 steps.
+    assert set(outcomes["own_shards"].values()) == {"no error: own-shard mode, 6 steps, same weights True"}, \
+        outcomes["own_shards"]
+    assert "distnn: own-shard mode on 3 ranks: the ranks passed different data (96, 95, 94 samples)" in proc.stdout
     # No case waited on a hang: the whole job (14 cases, 3 ranks) ends within seconds.
     assert elapsed < 30, f"{elapsed:.1f}s"
 
@@ -76,7 +81,7 @@ def test_every_mismatch_raises_the_same_error_on_every_rank():
 @pytest.mark.mpi
 @pytest.mark.parametrize("case, message", [
     ("batch_size", "Ranks disagree on batch_size: rank 0 has 32, rank 1 has 64 (in fit())"),
-    ("predict_length", "Ranks disagree on len(x): rank 0 has 50, rank 1 has 49 (in predict())"),
+    ("predict_dtype", "Ranks disagree on x.dtype: rank 0 has 'float32', rank 1 has 'float64' (in predict())"),
     ("validation_split", "Ranks disagree on validation_split: rank 0 has 0.2, rank 1 has 0.25 (in fit())"),
 ])
 def test_an_uncaught_mismatch_ends_the_job_with_the_message(case, message):

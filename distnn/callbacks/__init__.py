@@ -57,6 +57,7 @@ class ProgbarLogger(Callback):
         self.file = file
         self._bar: Any = None
         self._in_fit = False  # fit's validation runs evaluate silently: its results join the epoch line
+        self._seen = 0  # batches so far (the count when a generator's steps are not known in advance)
 
     def on_train_begin(self, logs=None):
         self._in_fit = True
@@ -67,6 +68,14 @@ class ProgbarLogger(Callback):
     def on_test_begin(self, logs=None):
         if not self._in_fit:  # in fit, the epoch's clock keeps running
             self._start = time.perf_counter()
+            self._seen = 0
+
+    def on_test_batch_begin(self, batch, logs=None):  # (not _end: that would make evaluate compute batch logs)
+        if not self._in_fit:
+            self._seen = batch + 1
+
+    def on_predict_batch_begin(self, batch, logs=None):
+        self._seen = batch + 1
 
     def on_test_end(self, logs=None):
         if not self._in_fit:
@@ -74,6 +83,7 @@ class ProgbarLogger(Callback):
 
     def on_predict_begin(self, logs=None):
         self._start = time.perf_counter()
+        self._seen = 0
 
     def on_predict_end(self, logs=None):
         self._print_summary({})
@@ -81,12 +91,13 @@ class ProgbarLogger(Callback):
     def _print_summary(self, logs: dict) -> None:
         """``steps/steps - 3s - 12ms/step - loss: ...``, Keras' closing line."""
         elapsed = time.perf_counter() - self._start
-        steps = max(1, self.params["steps"])
+        steps = max(1, self.params["steps"] or self._seen)  # a generator without steps: those it ran
         print(" - ".join(filter(None, [f"{steps}/{steps}", f"{elapsed:.0f}s", f"{1000 * elapsed / steps:.0f}ms/step",
                                        _format_logs(logs)])), file=self.file or sys.stdout, flush=True)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
+        self._seen = 0
         out = self.file or sys.stdout
         print(f"Epoch {epoch + 1}/{self.params['epochs']}", file=out, flush=True)
         if self.verbose == 1 and getattr(out, "isatty", lambda: False)():
@@ -97,6 +108,7 @@ class ProgbarLogger(Callback):
                              mininterval=0.1)
 
     def on_train_batch_end(self, batch, logs=None):
+        self._seen = batch + 1
         if self._bar is not None:
             self._bar.n = batch + 1
             if time.perf_counter() - self._bar.last_print_t >= self._bar.mininterval:
@@ -105,7 +117,7 @@ class ProgbarLogger(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if self._bar is not None:
-            self._bar.n = max(1, self.params["steps"])
+            self._bar.n = max(1, self.params["steps"] or self._seen)
             self._bar.set_description_str("- " + _format_logs(logs or {}), refresh=True)
             self._bar.close()
             self._bar = None

@@ -98,8 +98,9 @@ def _check_run(run: Any, where: str) -> dict:
     if not isinstance(identity, dict):
         raise ValueError(f"{where}: identity must be a JSON object")
     _int_in(identity, "epochs", 0, 2**31, where)
-    _int_in(identity, "steps_per_epoch", 0, 2**62, where)
-    _int_in(identity, "batch_size", 1, 2**62, where)
+    for key, low in (("steps_per_epoch", 0), ("batch_size", 1)):  # None for a generator's or PyDataset's run
+        if identity.get(key) is not None:
+            _int_in(identity, key, low, 2**62, where)
     return run
 
 

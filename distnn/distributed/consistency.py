@@ -19,7 +19,9 @@ instead of hanging, and code that catches the error stays in step on all ranks
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
+import re
 import hashlib
 from collections.abc import Mapping
 from typing import Any
@@ -27,17 +29,44 @@ from typing import Any
 import numpy as np
 
 from distnn import data as data_lib
+from distnn.data.steps import RankMismatchError
 from distnn.optimizers import Optimizer
 
 _ABSENT = "(not given)"
 _LONGEST_VALUE = 120  # characters of a value shown in the message
 
 
-class RankMismatchError(ValueError):
-    """Ranks called a training method with different arguments, settings or data."""
+@dataclasses.dataclass(frozen=True)
+class DataAgreement:
+    """How the ranks' data relate, found by ``check_ranks_agree``.
+
+    Attributes:
+        own: the argument groups (by their first name, e.g. ``"x"``, ``"validation_data"``) in
+            which every rank brings its own data; empty when all ranks passed identical data.
+        records: every rank's record when the ranks' calls differed, else ``None``.
+    """
+
+    own: frozenset = frozenset()
+    records: list | None = None
+
+    def lengths(self, name: str) -> list[int] | None:
+        """Per rank, the length of argument ``name`` (its first array for a list or dict), or ``None``
+        when the records were not gathered (identical calls) or hold no length for it."""
+        if self.records is None:
+            return None
+        found = []
+        for record in self.records:
+            fields = record["data"]
+            key = f"len({name})" if f"len({name})" in fields else next(
+                (k for k in fields if k.startswith(f"len({name}[")), None)
+            if key is None:
+                return None
+            found.append(int(fields[key]))
+        return found
 
 
-def check_ranks_agree(comm: Any, method: str, data: Mapping[str, Any], settings: Mapping[str, Any]) -> None:
+def check_ranks_agree(comm: Any, method: str, data: Mapping[str, Any], settings: Mapping[str, Any],
+                      own_data: tuple[tuple[str, ...], ...] = ()) -> DataAgreement:
     """Raise ``RankMismatchError`` on every rank unless all ranks made the same call.
 
     Args:
@@ -45,23 +74,57 @@ def check_ranks_agree(comm: Any, method: str, data: Mapping[str, Any], settings:
             second of the records when they differ), nothing alone.
         method: the public method called (``"fit"``), named in the message.
         data: the arrays of the call by argument name (``x``, ``y``, ``sample_weight``,
-            ``validation_data``); sequences and dicts of arrays are described element by element.
+            ``validation_data``); sequences and dicts of arrays are described element by element;
+            an input object with a ``consistency_fields(name)`` method describes itself.
         settings: the other arguments and the compiled parts (``Optimizer`` and ``Loss`` objects
             are compared through their configuration).
+        own_data: groups of data arguments (``("x", "y", "sample_weight")``) in which ranks may each
+            bring their own data (own-shard mode) instead of identical data. Within a group either
+            all ranks agree or all differ: two ranks with the same data while another differs is an
+            error (a rank loading the wrong shard would train on duplicates).
+
+    Returns:
+        The ``DataAgreement``: which groups hold each rank's own data.
     """
     if comm.size == 1:
-        return
+        return DataAgreement()
     record = describe_call(method, data, settings)
     # The normal path gathers an 8-byte digest per rank, not the record (~600 bytes): at 256 ranks
     # every rank would otherwise unpickle and compare 256 records on every train_on_batch call.
     # Every rank sees the same digests, so all of them take the error path together.
     digest = hashlib.blake2b(repr(record).encode(), digest_size=8).digest()
     if len(set(comm.allgather_obj(digest))) == 1:
-        return
+        return DataAgreement()
     records = comm.allgather_obj(record)
-    different_settings, different_data = settings_disagreements(records), data_disagreements(records)
+    different_settings = settings_disagreements(records)
+    own = set()
+    different_data = []
+    for group in own_data:
+        fields = [[(k, v) for k, v in r["data"].items() if _argument_of(k) in group] for r in records]
+        signatures = [repr(f) for f in fields]
+        distinct = len(set(signatures))
+        if distinct == len(records):
+            own.add(group[0])
+        elif distinct > 1:
+            groups: dict[str, list[int]] = {}
+            for rank, signature in enumerate(signatures):
+                groups.setdefault(signature, []).append(rank)
+            shared = [_format_ranks(ranks) for ranks in groups.values() if len(ranks) > 1]
+            different_data.append(f"their {'/'.join(group)} data: {' and '.join(shared)} pass identical data, "
+                                  "the other ranks different data")
+    grouped = {name for group in own_data for name in group}
+    different_data += data_disagreements([{**r, "data": {k: v for k, v in r["data"].items()
+                                                         if _argument_of(k) not in grouped}} for r in records])
     if different_settings or different_data:
-        raise RankMismatchError(mismatch_message(method, different_settings, different_data))
+        raise RankMismatchError(mismatch_message(method, different_settings, different_data,
+                                                 own_allowed=bool(own_data)))
+    return DataAgreement(own=frozenset(own), records=records)
+
+
+def _argument_of(field: str) -> str:
+    """The argument a data field describes: ``len(x[0])`` and ``x['a'] content`` belong to ``x``."""
+    name = field[4:] if field.startswith("len(") else field
+    return re.split(r"[\[ )]", name, maxsplit=1)[0]
 
 
 def describe_call(method: str, data: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -84,25 +147,26 @@ def settings_disagreements(records: list[dict]) -> list[str]:
 
 
 def data_disagreements(records: list[dict]) -> list[str]:
-    """The same for the data (lengths and content fingerprints).
-
-    For now every rank must pass the identical arrays, since ``fit`` splits each global batch
-    across the ranks itself. This is the hook for the input-pipeline mode in which each rank brings
-    its own shard: there, differing lengths and content are expected and this comparison is skipped.
-    """
+    """The same for the data (lengths and content fingerprints) of arguments that must be identical
+    on every rank (those outside ``check_ranks_agree``'s ``own_data`` groups)."""
     return _disagreements([r["data"] for r in records])
 
 
-def mismatch_message(method: str, different_settings: list[str], different_data: list[str]) -> str:
+def mismatch_message(method: str, different_settings: list[str], different_data: list[str],
+                     own_allowed: bool = False) -> str:
     """The first disagreement on the first line (what a traceback shows), the others below, then the fix."""
     problems = different_settings + different_data
     lines = [f"Ranks disagree on {problems[0]} (in {method}())"]
     lines += [f"Ranks also disagree on {problem}" for problem in problems[1:]]
     if different_settings:
         lines.append(f"Every rank must call {method}() with the same arguments, after the same compile().")
-    if different_data:
+    if different_data and not own_allowed:
         lines.append(f"Ranks must pass identical data to {method}(): distnn splits each global batch across the "
-                     "ranks itself (each rank bringing its own shard of the data is not supported yet).")
+                     "ranks itself.")
+    elif different_data:
+        lines.append(f"Either every rank passes the same data to {method}() (distnn splits each global batch across "
+                     "the ranks) or each rank its own shard (own-shard mode). Ranks holding identical data next to "
+                     "ranks with other data would train on duplicates: check how each rank picks its shard.")
     return "\n".join(lines)
 
 
@@ -112,7 +176,11 @@ def _is_array(value: Any) -> bool:
 
 
 def _describe_data(name: str, value: Any, record: dict[str, dict[str, Any]]) -> None:
-    if value is None:
+    if hasattr(value, "consistency_fields"):  # a PyDataset or generator input (distnn.data.adapters)
+        settings, data = value.consistency_fields(name)
+        record["settings"].update(settings)
+        record["data"].update(data)
+    elif value is None:
         record["settings"][name] = None
     elif isinstance(value, tuple) or (isinstance(value, list) and any(_is_array(v) or v is None for v in value)):
         for i, item in enumerate(value):  # validation_data=(x, y), or a model's several inputs

@@ -24,10 +24,11 @@ def data_fingerprint(array: Any) -> dict | None:
     """Shape, dtype and a hash of ``_SAMPLED_ROWS`` evenly spaced rows of ``array`` (``None`` for none)."""
     if array is None:
         return None
-    array = np.asarray(array)
+    if not (hasattr(array, "shape") and hasattr(array, "dtype")):  # a file-backed array reads just these rows
+        array = np.asarray(array)
     count = len(array) if array.ndim else 0
     rows = np.unique(np.linspace(0, count - 1, min(count, _SAMPLED_ROWS)).astype(np.int64))
-    sample = np.ascontiguousarray(array[rows] if array.ndim else array)
+    sample = np.ascontiguousarray(array[rows] if array.ndim else np.asarray(array))
     return {"shape": list(array.shape), "dtype": array.dtype.str,
             "rows_sha256": hashlib.sha256(sample.tobytes()).hexdigest()}
 
@@ -43,10 +44,15 @@ def _without_names(value: Any) -> Any:
 def run_identity(model: Any, params: dict, data: tuple) -> dict:
     """The identity of ``fit``'s run: ``params`` as fit gives callbacks, ``data`` its ``(x, y, sample_weight)``."""
     identity = {"model": _without_names(model.get_config()), "compile": _without_names(saving.compile_config(model)),
-                "epochs": int(params["epochs"]), "batch_size": int(params["batch_size"]),
-                "steps_per_epoch": int(params["steps"]),
+                "epochs": _int_or_none(params.get("epochs")), "batch_size": _int_or_none(params.get("batch_size")),
+                "steps_per_epoch": _int_or_none(params.get("steps")),
                 "data": {name: data_fingerprint(array) for name, array in zip(("x", "y", "sample_weight"), data)}}
     return json.loads(json.dumps(identity))  # the form it takes after a round trip through run.json
+
+
+def _int_or_none(value: Any) -> int | None:
+    """Generators and PyDatasets have no batch size (their batches are theirs) and may have no steps."""
+    return None if value is None else int(value)
 
 
 def _short(value: Any) -> str:

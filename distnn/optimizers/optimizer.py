@@ -33,13 +33,18 @@ class Optimizer:
             ``finalize_variable_values``).
         ema_momentum: the average's momentum (the first step takes the weights as they are).
         ema_overwrite_frequency: every this many steps, write the average into the weights.
+        gradient_accumulation_steps: update every k-th ``apply`` with the mean of the k gradients
+            received (Keras 3's argument): k micro-batches then train exactly like one batch k
+            times larger. ``iterations`` counts updates, not micro-batches, so Adam's bias
+            correction and learning-rate schedules also see the large batch's steps.
     """
 
     slot_names: tuple[str, ...] = ()  # names of the flat state arrays, e.g. ("momentum",)
 
     def __init__(self, learning_rate: Any = 0.001, clipnorm: float | None = None, clipvalue: float | None = None,
                  global_clipnorm: float | None = None, weight_decay: float | None = None, use_ema: bool = False,
-                 ema_momentum: float = 0.99, ema_overwrite_frequency: int | None = None, name: str | None = None):
+                 ema_momentum: float = 0.99, ema_overwrite_frequency: int | None = None, name: str | None = None,
+                 gradient_accumulation_steps: int | None = None):
         if sum(c is not None for c in (clipnorm, clipvalue, global_clipnorm)) > 1:
             raise ValueError("Only one of clipnorm, clipvalue and global_clipnorm can be set. Received: "
                              f"clipnorm={clipnorm}, clipvalue={clipvalue}, global_clipnorm={global_clipnorm}")
@@ -58,6 +63,14 @@ class Optimizer:
         self.ema_overwrite_frequency = ema_overwrite_frequency
         self.learning_rate = learning_rate
         self.name = name or type(self).__name__.lower()
+        steps = gradient_accumulation_steps
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1):
+            raise ValueError("gradient_accumulation_steps must be a positive integer or None. Received: "
+                             f"gradient_accumulation_steps={steps!r}")
+        self.gradient_accumulation_steps = None if steps is None else int(steps)
+        # Horovod's average_aggregated_gradients=False adds the k gradients instead of averaging.
+        self.average_accumulated_gradients = True
+        self.accumulated_steps = 0  # micro-batches in the accumulator since the last update
         self.iterations = 0
         self.slots: dict[str, Any] = {}
         self._segments: list[tuple[int, int]] = []
@@ -101,7 +114,9 @@ class Optimizer:
         return xp.zeros_like(params)
 
     def _all_slot_names(self) -> tuple[str, ...]:
-        return (*self.slot_names, "ema") if self.use_ema else tuple(self.slot_names)
+        accumulating = (self.gradient_accumulation_steps or 1) > 1
+        return (tuple(self.slot_names) + (("ema",) if self.use_ema else ())
+                + (("accumulated_gradients",) if accumulating else ()))
 
     @property
     def built(self) -> bool:
@@ -110,8 +125,10 @@ class Optimizer:
     def state_items(self) -> list[tuple[str, Any]]:
         """The state as ``(name, array)`` pairs, not copied: the flat slots (on the device), then
         ``iterations`` and any extra scalars. Saving streams them one at a time."""
+        accumulation = [("accumulated_steps", np.array(self.accumulated_steps, dtype=np.int64))] \
+            if "accumulated_gradients" in self.slots else []
         return [*self.slots.items(), ("iterations", np.array(self.iterations, dtype=np.int64)),
-                *self._extra_state().items()]
+                *accumulation, *self._extra_state().items()]
 
     def get_state(self) -> dict[str, np.ndarray]:
         """Host copies of the flat state arrays plus ``iterations`` (for checkpoints)."""
@@ -126,6 +143,7 @@ class Optimizer:
                                  f"expected {tuple(self.slots[name].shape)}")
             self.slots[name][...] = backend.to_device(state[name])
         self.iterations = int(state["iterations"])
+        self.accumulated_steps = int(state.get("accumulated_steps", 0))
         self._set_extra_state(state)
 
     def _extra_state(self) -> dict[str, np.ndarray]:
@@ -136,9 +154,41 @@ class Optimizer:
 
     # -------------------------------------------------------------------------------- update
     def apply(self, params: Any, grads: Any) -> None:
-        """One training step: clip ``grads`` (in place), decay weights, update ``params`` in place."""
+        """One training step: clip ``grads`` (in place), decay weights, update ``params`` in place.
+
+        With ``gradient_accumulation_steps=k`` only every k-th call updates, with the mean of the k
+        gradients (``accumulate``)."""
         if not self.built:
             raise RuntimeError(f"{type(self).__name__} is not built: compile the model first")
+        if self.accumulate(grads):
+            self.apply_update(params, grads)
+
+    def accumulate(self, grads: Any) -> bool:
+        """Add ``grads`` to the accumulator; when the k-th arrives, put the k gradients' mean (or sum,
+        see ``average_accumulated_gradients``) into ``grads`` and return True: an update is due.
+        Always True without accumulation. The data-parallel step accumulates each rank's share
+        before the allreduce, so ranks communicate once per update (Horovod's
+        ``backward_passes_per_step``)."""
+        steps = self.gradient_accumulation_steps or 1
+        if steps == 1:
+            return True
+        if not self.built:
+            raise RuntimeError(f"{type(self).__name__} is not built: compile the model first")
+        accumulated = self.slots["accumulated_gradients"]
+        accumulated += grads
+        self.accumulated_steps += 1
+        if self.accumulated_steps < steps:
+            return False
+        if self.average_accumulated_gradients:
+            backend.get_array_module(grads).divide(accumulated, steps, out=grads)
+        else:
+            grads[...] = accumulated
+        accumulated[...] = 0
+        self.accumulated_steps = 0
+        return True
+
+    def apply_update(self, params: Any, grads: Any) -> None:
+        """The update itself, with ``grads`` final (reduced, accumulated): clip, decay, update."""
         self._clip(grads)
         lr = self.learning_rate
         if self.weight_decay:
@@ -187,9 +237,12 @@ class Optimizer:
             lr = schedules.serialize(lr)
         elif callable(lr):
             raise ValueError(f"Cannot serialize the learning-rate callable {lr!r}: use a LearningRateSchedule")
-        return {"name": self.name, "learning_rate": lr, "clipnorm": self.clipnorm, "clipvalue": self.clipvalue,
-                "global_clipnorm": self.global_clipnorm, "weight_decay": self.weight_decay, "use_ema": self.use_ema,
-                "ema_momentum": self.ema_momentum, "ema_overwrite_frequency": self.ema_overwrite_frequency}
+        config = {"name": self.name, "learning_rate": lr, "clipnorm": self.clipnorm, "clipvalue": self.clipvalue,
+                  "global_clipnorm": self.global_clipnorm, "weight_decay": self.weight_decay, "use_ema": self.use_ema,
+                  "ema_momentum": self.ema_momentum, "ema_overwrite_frequency": self.ema_overwrite_frequency}
+        if self.gradient_accumulation_steps is not None:
+            config["gradient_accumulation_steps"] = self.gradient_accumulation_steps
+        return config
 
     @classmethod
     def from_config(cls, config: dict, custom_objects: dict | None = None) -> "Optimizer":

@@ -69,6 +69,15 @@ def matching_run():
            f"evaluate {loss:.4f}, gathers per fit {per_fit[0]} and {per_fit[1]}"
 
 
+def own_shards_run():
+    """Each rank its own data (different lengths and content): own-shard mode, no error."""
+    m = model()
+    history = m.fit(X_OTHER[:96 - comm.rank], Y[:96 - comm.rank], batch_size=16, verbose=0)
+    weights = comm.allgather_obj(backend.to_numpy(m.params).copy())
+    same = all(np.array_equal(w, weights[0]) for w in weights)
+    return f"own-shard mode, {m.history.params['steps']} steps, same weights {same}" if history else "no history"
+
+
 CASES = {
     "len_x": lambda: model().fit(X[:96 - odd], Y[:96 - odd], verbose=0),
     "batch_size": lambda: model().fit(X, Y, batch_size=64 if odd else 32, verbose=0),
@@ -83,6 +92,10 @@ CASES = {
     "predict_length": lambda: model().predict(X[:50 - odd], verbose=0),
     "evaluate_length": lambda: model().evaluate(X[:40 + odd], Y[:40 + odd], verbose=0),
     "train_on_batch": lambda: model().train_on_batch(X[:16 + odd], Y[:16 + odd]),
+    "validation_dtype": lambda: model().fit(X, Y, validation_data=(X[:8].astype("float64" if odd else "float32"),
+                                                                   Y[:8]), verbose=0),
+    "predict_dtype": lambda: model().predict(X.astype("float64" if odd else "float32"), verbose=0),
+    "own_shards": own_shards_run,
     "none": matching_run,
 }
 

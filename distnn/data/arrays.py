@@ -1,4 +1,4 @@
-"""Input checking, epoch ordering, batching and sharding of global batches across ranks.
+"""Arrays: input checking, epoch ordering, batching and sharding of global batches across ranks.
 
 ``fit(batch_size=B)`` means the *global* batch (docs/architecture.md): each step takes B samples of the
 epoch's order and splits them into contiguous, near-equal shards, one per rank. Every rank runs the
@@ -6,6 +6,7 @@ same number of steps; a rank whose shard is empty still joins the step's collect
 """
 from __future__ import annotations
 
+import mmap
 import zlib
 from collections.abc import Mapping
 from typing import Any, Iterator
@@ -15,21 +16,55 @@ import numpy as np
 from distnn import arguments, backend
 
 
-def as_array(data: Any, name: str, dtype: Any = None) -> np.ndarray:
-    """``data`` as an ndarray with at least one sample axis, checked for emptiness and NaN/inf."""
+def as_array(data: Any, name: str, dtype: Any = None) -> Any:
+    """``data`` as an ndarray with at least one sample axis, checked for emptiness and NaN/inf.
+
+    A file-backed array (``NpyArray``, ``np.memmap``, ``np.load(mmap_mode="r")``) is returned as it
+    is, never read whole: its values are checked batch by batch as training reads them
+    (``check_finite`` in ``take``), so a data set larger than memory costs no up-front pass.
+    """
     if data is None:
         raise ValueError(f"{name} must be an array. Received: {name}=None")
-    array = np.asarray(data) if dtype is None else np.asarray(data, dtype=dtype)
+    array = data if is_file_backed(data) and dtype is None else \
+        np.asarray(data) if dtype is None else np.asarray(data, dtype=dtype)
     if array.ndim == 0:
         raise ValueError(f"{name} must have a sample axis. Received a scalar: {name}={array!r}")
     if array.shape[0] == 0:
         raise ValueError(f"{name} is empty (0 samples). Received: {name}.shape={array.shape}")
     if array.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold numbers. Received dtype {array.dtype}")
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        bad = int((~np.isfinite(array)).sum())
-        raise ValueError(f"{name} contains {bad} NaN or infinite value(s); clean the data before training")
+    if not is_file_backed(array):
+        check_finite(array, name)
     return array
+
+
+# Rows checked per pass of ``check_finite``: bounds its temporary to a few MB whatever the data size.
+_CHECK_BYTES = 8 * 1024 * 1024
+
+
+def check_finite(array: np.ndarray, name: str) -> None:
+    """Raise when a float ``array`` holds NaN or infinity (in chunks: no temporary of its size)."""
+    if array.dtype.kind != "f" or array.size == 0:
+        return
+    rows = max(1, _CHECK_BYTES // max(1, array.nbytes // len(array)))
+    bad = 0
+    for start in range(0, len(array), rows):
+        chunk = np.asarray(array[start:start + rows])
+        if not np.isfinite(chunk).all():
+            bad += int((~np.isfinite(chunk)).sum())
+    if bad:
+        raise ValueError(f"{name} contains {bad} NaN or infinite value(s); clean the data before training")
+
+
+def is_file_backed(array: Any) -> bool:
+    """Whether ``array`` reads its rows from a file on access (``NpyArray``, a memory map)."""
+    if getattr(array, "file_backed", False):
+        return True
+    while isinstance(array, np.ndarray):
+        if isinstance(array, np.memmap):
+            return True
+        array = array.base
+    return isinstance(array, mmap.mmap)
 
 
 def as_structure(data: Any, name: str) -> Any:
@@ -71,12 +106,18 @@ def check_batch_size(batch_size: Any) -> int:
     return int(batch_size)
 
 
-def epoch_order(num_samples: int, shuffle: bool, seed: int, epoch: int) -> np.ndarray:
+def epoch_order(num_samples: int, shuffle: bool, seed: int, epoch: int, rank: int | None = None) -> np.ndarray:
     """The sample order of one epoch: a function of (seed, epoch) only, so every rank — and a
-    resumed run — draws the same permutation without communicating."""
+    resumed run — draws the same permutation without communicating.
+
+    With ``rank`` (own-shard mode: each rank orders its own data) the permutation also depends on
+    the rank, so ranks holding the same data still visit it in different orders, as Horovod's
+    independently shuffling workers do.
+    """
     if not shuffle:
         return np.arange(num_samples)
-    return np.random.default_rng([seed, epoch]).permutation(num_samples)
+    key = [seed, epoch] if rank is None else [seed, epoch, rank + 1]
+    return np.random.default_rng(key).permutation(num_samples)
 
 
 def shard_bounds(count: int, rank: int, size: int) -> tuple[int, int]:
@@ -94,16 +135,28 @@ def global_batches(order: np.ndarray, batch_size: int, first_step: int = 0) -> I
         yield order[start:start + batch_size]
 
 
-def take(array: Any, index: Any) -> Any:
-    """Rows ``index`` of a host array (or of each array of a list/dict), moved to the device
-    (``None`` stays ``None``)."""
+def take(array: Any, index: Any, dtypes: Any = None, name: str = "x") -> Any:
+    """Rows ``index`` of a host array (or of each array of a list/dict), cast and moved to the device
+    (``None`` stays ``None``).
+
+    ``dtypes`` (one per leaf, in ``leaves`` order; ``None`` keeps the dtype) is applied to these rows
+    only: a uint8 image set stays uint8 in memory and each batch becomes float32 on its way to the
+    model. Rows of a file-backed array are checked for NaN/inf here, as they are read.
+    """
     if array is None:
         return None
+    arrays = leaves(array)
+    dtypes = [None] * len(arrays) if dtypes is None else dtypes
+    rows = []
+    for position, (leaf, dtype) in enumerate(zip(arrays, dtypes)):
+        part = leaf[index]
+        if is_file_backed(leaf):
+            part = np.asarray(part)
+            check_finite(part, name if len(arrays) == 1 else f"{name}[{position}]")
+        rows.append(backend.to_device(part if dtype is None else part.astype(dtype, copy=False)))
     if isinstance(array, dict):
-        return {key: backend.to_device(value[index]) for key, value in array.items()}
-    if isinstance(array, list):
-        return [backend.to_device(value[index]) for value in array]
-    return backend.to_device(array[index])
+        return dict(zip(array, rows))
+    return rows if isinstance(array, list) else rows[0]
 
 
 def class_weights_to_sample_weights(y: np.ndarray, class_weight: dict, num_classes: int) -> np.ndarray:
