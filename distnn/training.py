@@ -377,6 +377,11 @@ class TrainingMixin:
             validation_freq: int = 1) -> History:
         """Train for ``epochs`` epochs; ``batch_size`` is the **global** batch across ranks (default 32).
 
+        ``x`` may be arrays (in memory, memory-mapped or ``distnn.data.NpyArray``), a ``PyDataset`` or
+        a generator/iterable of batches. When every rank passes its own data (or the model was compiled
+        with Horovod's ``DistributedOptimizer``), ``batch_size`` is per rank (own-shard mode,
+        docs/architecture.md, "Input pipelines and data-parallel modes").
+
         Returns:
             A ``History`` whose ``history`` dict holds the global per-epoch logs.
         """
@@ -457,7 +462,8 @@ class TrainingMixin:
     def evaluate(self, x: Any = None, y: Any = None, batch_size: int | None = None, verbose: Any = "auto",
                  sample_weight: Any = None, steps: int | None = None, callbacks: list | None = None,
                  return_dict: bool = False) -> Any:
-        """Loss and metrics over all of ``x`` (sharded across ranks, sums reduced: the single-process values).
+        """Loss and metrics over all of ``x`` (sharded across ranks, sums reduced: the single-process values;
+        in own-shard mode, over every rank's ``x`` together).
 
         Returns:
             ``loss`` alone without metrics, else ``[loss, *metrics]``; a dict with ``return_dict=True``.

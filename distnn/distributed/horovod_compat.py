@@ -1,8 +1,8 @@
 """Horovod's API on distnn: a Horovod Keras script runs with ``import distnn.distributed as hvd``.
 
 The collectives take Horovod's keywords (``root_rank``, ``name``, ``average``/``op``,
-``prescale_factor``...) and have in-place ``_`` variants; ``init`` refuses the processes
-``horovodrun`` starts in Gloo mode (distnn's ranks talk through MPI); ``cross_rank`` /
+``prescale_factor``...) and have in-place ``_`` variants; ``init`` (``world.init``'s launch check)
+refuses the processes ``horovodrun`` starts in Gloo mode, which MPI does not connect; ``cross_rank`` /
 ``cross_size`` / ``is_homogeneous`` describe the nodes; ``join`` serves ranks with fewer batches.
 Where Horovod's meaning of ``batch_size`` differs from distnn's global batch, a model compiled with
 ``DistributedOptimizer`` trains as under Horovod (docs/architecture.md, "Input pipelines and
@@ -10,7 +10,6 @@ data-parallel modes").
 """
 from __future__ import annotations
 
-import os
 import socket
 from typing import Any
 
@@ -21,21 +20,6 @@ from distnn.distributed import world
 from distnn.distributed.optimizer import DistributedOptimizer, check_op, join as _join
 
 _topology: dict[int, tuple[int, int, bool]] = {}  # id(communicator) -> (cross_rank, cross_size, homogeneous)
-
-
-def check_launch_environment() -> None:
-    """Refuse processes that ``horovodrun`` started in Gloo mode: they have no MPI world, so each
-    would train alone on its copy of the data. Raises ``RuntimeError`` saying how to start them."""
-    horovod_size = os.environ.get("HOROVOD_SIZE", "")
-    if not horovod_size.isdigit() or int(horovod_size) <= 1 or world.launched_by_mpi():
-        return
-    controller = os.environ.get("HOROVOD_CONTROLLER", "gloo")
-    raise RuntimeError(
-        f"This process was started by horovodrun without MPI (HOROVOD_SIZE={horovod_size}, "
-        f"HOROVOD_CONTROLLER={controller}): Horovod's Gloo mode. distnn's ranks communicate through MPI, so "
-        f"each of the {horovod_size} processes would train alone. Start the script through MPI instead: "
-        f"`horovodrun --mpi -np {horovod_size} python SCRIPT`, `distnn-run -np {horovod_size} python SCRIPT` "
-        f"or `mpirun -n {horovod_size} python SCRIPT`.")
 
 
 def init(*args: Any, comm: Any = None, process_sets: Any = None, **kwargs: Any) -> Any:
@@ -52,8 +36,7 @@ def init(*args: Any, comm: Any = None, process_sets: Any = None, **kwargs: Any) 
     if comm is not None or process_sets is not None:
         raise ValueError("distnn runs every rank in one job: init(comm=...) and init(process_sets=...) are not "
                          f"supported. Received: comm={comm!r}, process_sets={process_sets!r}")
-    check_launch_environment()
-    communicator = world.init(*args, **kwargs)
+    communicator = world.init(*args, **kwargs)  # refuses horovodrun's Gloo mode (launch_env)
     _topology.pop(id(communicator), None)
     _node_layout(communicator)  # collective: computed here, where every rank calls
     return communicator

@@ -99,6 +99,9 @@ mean_squared_logarithmic_error = msle = _functional("mean_squared_logarithmic_er
 log_cosh = logcosh = _functional("log_cosh", LogCosh)
 poisson = _functional("poisson", Poisson)
 hinge = _functional("hinge", Hinge)
+# Horovod's Keras examples pass these to compile(): they train with the classes' fused gradients.
+categorical_crossentropy = _functional("categorical_crossentropy", CategoricalCrossentropy)
+sparse_categorical_crossentropy = _functional("sparse_categorical_crossentropy", SparseCategoricalCrossentropy)
 squared_hinge = _functional("squared_hinge", SquaredHinge)
 categorical_hinge = _functional("categorical_hinge", CategoricalHinge)
 cosine_similarity = _functional("cosine_similarity", CosineSimilarity)

@@ -115,8 +115,8 @@ class Optimizer:
 
     def _all_slot_names(self) -> tuple[str, ...]:
         accumulating = (self.gradient_accumulation_steps or 1) > 1
-        return (tuple(self.slot_names) + (("ema",) if self.use_ema else ())
-                + (("accumulated_gradients",) if accumulating else ()))
+        return (*self.slot_names, *(("ema",) if self.use_ema else ()),
+                *(("accumulated_gradients",) if accumulating else ()))
 
     @property
     def built(self) -> bool:
@@ -237,12 +237,10 @@ class Optimizer:
             lr = schedules.serialize(lr)
         elif callable(lr):
             raise ValueError(f"Cannot serialize the learning-rate callable {lr!r}: use a LearningRateSchedule")
-        config = {"name": self.name, "learning_rate": lr, "clipnorm": self.clipnorm, "clipvalue": self.clipvalue,
-                  "global_clipnorm": self.global_clipnorm, "weight_decay": self.weight_decay, "use_ema": self.use_ema,
-                  "ema_momentum": self.ema_momentum, "ema_overwrite_frequency": self.ema_overwrite_frequency}
-        if self.gradient_accumulation_steps is not None:
-            config["gradient_accumulation_steps"] = self.gradient_accumulation_steps
-        return config
+        return {"name": self.name, "learning_rate": lr, "clipnorm": self.clipnorm, "clipvalue": self.clipvalue,
+                "global_clipnorm": self.global_clipnorm, "weight_decay": self.weight_decay, "use_ema": self.use_ema,
+                "ema_momentum": self.ema_momentum, "ema_overwrite_frequency": self.ema_overwrite_frequency,
+                "gradient_accumulation_steps": self.gradient_accumulation_steps}
 
     @classmethod
     def from_config(cls, config: dict, custom_objects: dict | None = None) -> "Optimizer":
