@@ -80,6 +80,9 @@ def run_python(args: list[str], **kwargs: object) -> subprocess.CompletedProcess
 def load_example(name: str):
     """Import examples/<name>.py as a module (examples/ is not a package), once per session."""
     module_name = f"example_{name}"
+    examples = str(REPO_ROOT / "examples")
+    if examples not in sys.path:  # as when run as a script: an example may import its siblings
+        sys.path.insert(0, examples)
     if module_name not in sys.modules:
         spec = importlib.util.spec_from_file_location(module_name, REPO_ROOT / "examples" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)

@@ -325,7 +325,10 @@ def test_progress_lines_count_the_steps_of_a_generator_without_steps_per_epoch(c
     assert lines[1].startswith("4/4 - ") and lines[2].startswith("1/1 - ") and lines[3].startswith("2/2 - "), lines
 
 
-def test_backups_resume_a_py_dataset_run_and_ask_a_generator_for_its_steps(tmp_path):
+@pytest.mark.parametrize("kind", ["py_dataset", "generator"])
+def test_backups_resume_py_dataset_and_generator_runs_exactly(tmp_path, kind):
+    """A preempted run resumes mid-epoch: a PyDataset at its batch index, an iterable of unknown
+    length (recreated by the restarted script) by skipping the batches already trained."""
     from distnn.callbacks import BackupAndRestore
 
     class Preempted(Exception):
@@ -336,14 +339,17 @@ def test_backups_resume_a_py_dataset_run_and_ask_a_generator_for_its_steps(tmp_p
             if self.model.optimizer.iterations == 10:
                 raise Preempted
 
-    uninterrupted = mlp()
-    uninterrupted.fit(Batches(X, Y, 32), epochs=3, verbose=0)
-    model = mlp()
+    class Passes:  # re-iterable batches without a length: steps_per_epoch stays unknown
+        def __iter__(self):
+            return ((X[s:s + 32], Y[s:s + 32]) for s in range(0, 200, 32))
+
+    def train(callbacks):
+        model = mlp()  # a new model and a new input each time: a restarted script
+        model.fit(Batches(X, Y, 32) if kind == "py_dataset" else Passes(), epochs=3, verbose=0, callbacks=callbacks)
+        return model
+
+    uninterrupted = train([])
     with pytest.raises(Preempted):
-        model.fit(Batches(X, Y, 32), epochs=3, verbose=0,
-                  callbacks=[BackupAndRestore(tmp_path / "b", save_freq=1), StopAfter()])
-    resumed = mlp()
-    resumed.fit(Batches(X, Y, 32), epochs=3, verbose=0, callbacks=[BackupAndRestore(tmp_path / "b", save_freq=1)])
+        train([BackupAndRestore(tmp_path / "b", save_freq=1), StopAfter()])
+    resumed = train([BackupAndRestore(tmp_path / "b", save_freq=1)])
     np.testing.assert_array_equal(resumed.params, uninterrupted.params)
-    with pytest.raises(ValueError, match="BackupAndRestore needs fit\\(steps_per_epoch=...\\) when x is a generator"):
-        mlp().fit(iter([(X, Y)]), verbose=0, callbacks=[BackupAndRestore(tmp_path / "c")])

@@ -1,21 +1,22 @@
 """The sequence example reaches its accuracy, and sequence models train alike on 1 and 2 ranks."""
+import re
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-from conftest import REPO_ROOT, load_example, run_mpi, run_python
+from conftest import REPO_ROOT, run_mpi, run_python
 from distnn.models import load_model
 
 SCRIPT = str(Path(__file__).parent / "mpi_scripts" / "train_sequence_parity.py")
 EXAMPLE = str(REPO_ROOT / "examples" / "lstm_mnist_rows.py")
 
 
-@pytest.mark.timeout(900)  # 17 s of CPU time, but a 2-core machine shared with other jobs took 300 s
-def test_lstm_reading_mnist_rows_reaches_95_percent(capsys):
-    accuracy = load_example("lstm_mnist_rows").main(["--verbose", "1"])
-    assert accuracy >= 0.95, accuracy
-    assert "test_acc=" in capsys.readouterr().out
+def test_lstm_reading_mnist_rows_reaches_95_percent():
+    """Run as a user would, with one BLAS thread as the launchers set: in-process, a multi-threaded BLAS
+    on its small GEMMs took 564 s instead of 23 s on a loaded 2-core machine."""
+    printed = run_python([EXAMPLE, "--verbose", "1"], timeout=600).stdout
+    accuracy = float(re.search(r"test_acc=([0-9.]+)", printed).group(1))
+    assert accuracy >= 0.95, printed[-500:]
 
 
 def test_lstm_example_on_2_ranks_equals_one_process(tmp_path):

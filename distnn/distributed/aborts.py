@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 import traceback
 from typing import NoReturn
 
@@ -25,6 +26,9 @@ def world_rank() -> int | None:
     if MPI is None or not MPI.Is_initialized() or MPI.Is_finalized():
         return None
     return MPI.COMM_WORLD.Get_rank()
+
+
+_ABORT_DRAIN_S = 0.5  # seconds for the launcher to forward the message before MPI_Abort
 
 
 def abort_job(message: str, code: int = 1) -> NoReturn:
@@ -41,6 +45,9 @@ def abort_job(message: str, code: int = 1) -> NoReturn:
             pass
     MPI = sys.modules.get("mpi4py.MPI")
     if MPI is not None and MPI.Is_initialized() and not MPI.Is_finalized() and MPI.COMM_WORLD.Get_size() > 1:
+        # The launcher forwards a rank's output asynchronously and MPI_Abort ends the step at once: under
+        # srun the traceback written just above was sometimes lost. A moment's pause lets it through.
+        time.sleep(_ABORT_DRAIN_S)
         MPI.COMM_WORLD.Abort(code)
     os._exit(code)
 

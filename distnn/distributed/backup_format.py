@@ -98,9 +98,9 @@ def _check_run(run: Any, where: str) -> dict:
     if not isinstance(identity, dict):
         raise ValueError(f"{where}: identity must be a JSON object")
     _int_in(identity, "epochs", 0, 2**31, where)
-    _int_in(identity, "steps_per_epoch", 0, 2**62, where)
-    if identity.get("batch_size") is not None:  # None: a PyDataset or generator sets its own batches
-        _int_in(identity, "batch_size", 1, 2**62, where)
+    for key, low in (("steps_per_epoch", 0), ("batch_size", 1)):  # None for a generator's or PyDataset's run
+        if identity.get(key) is not None:
+            _int_in(identity, key, low, 2**62, where)
     return run
 
 
@@ -131,7 +131,8 @@ def _check_progress(progress: Any, identity: dict, where: str) -> dict:
         raise ValueError(f"{where} must hold a JSON object")
     epochs = identity["epochs"]
     _int_in(progress, "epoch", 0, epochs, where)
-    _int_in(progress, "step", 0, identity["steps_per_epoch"], where)
+    steps = identity["steps_per_epoch"]  # None: a generator without steps_per_epoch
+    _int_in(progress, "step", 0, 2**62 if steps is None else steps, where)
     _int_in(progress, "data_seed", 0, 2**31 - 1, where)
     totals, rate = progress.get("totals"), progress.get("learning_rate")
     if not (isinstance(totals, list) and len(totals) <= _MAX_ITEMS

@@ -42,19 +42,17 @@ def _without_names(value: Any) -> Any:
 
 
 def run_identity(model: Any, params: dict, data: tuple) -> dict:
-    """The identity of ``fit``'s run: ``params`` as fit gives callbacks, ``data`` its ``(x, y, sample_weight)``.
-
-    A ``PyDataset`` or generator sets its own batch size (``None`` here); a generator needs
-    ``steps_per_epoch``, since a backup records where in its epoch the run stands."""
-    if params["steps"] is None:
-        raise ValueError("BackupAndRestore needs fit(steps_per_epoch=...) when x is a generator or iterable: a backup "
-                         "records the step within the epoch, and such an input does not say how many steps it has")
-    batch_size = None if params["batch_size"] is None else int(params["batch_size"])
+    """The identity of ``fit``'s run: ``params`` as fit gives callbacks, ``data`` its ``(x, y, sample_weight)``."""
     identity = {"model": _without_names(model.get_config()), "compile": _without_names(saving.compile_config(model)),
-                "epochs": int(params["epochs"]), "batch_size": batch_size,
-                "steps_per_epoch": int(params["steps"]),
+                "epochs": _int_or_none(params.get("epochs")), "batch_size": _int_or_none(params.get("batch_size")),
+                "steps_per_epoch": _int_or_none(params.get("steps")),
                 "data": {name: data_fingerprint(array) for name, array in zip(("x", "y", "sample_weight"), data)}}
     return json.loads(json.dumps(identity))  # the form it takes after a round trip through run.json
+
+
+def _int_or_none(value: Any) -> int | None:
+    """Generators and PyDatasets have no batch size (their batches are theirs) and may have no steps."""
+    return None if value is None else int(value)
 
 
 def _short(value: Any) -> str:
