@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from distnn.distributed import compression as compression_lib
-from distnn.distributed.communicator import create_communicator
+from distnn.distributed.backends import create_communicator
 from distnn.distributed.world import get_communicator
 from distnn.optimizers import Optimizer
 
