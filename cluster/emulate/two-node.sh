@@ -197,14 +197,14 @@ cmd_status() {
 
 cmd_down() {
     check_args
-    local i
+    local i removed=()
     for i in 0 1; do
         # Deleting a namespace deletes its veth end, and with it the peer.
-        ns_exists "${NS[$i]}" && ip netns delete "${NS[$i]}"
+        if ns_exists "${NS[$i]}"; then ip netns delete "${NS[$i]}"; removed+=("${NS[$i]}"); fi
         rm -rf "/etc/netns/${NS[$i]}"
     done
     rm -rf "$DIR"
-    log "down: ${NS[*]} removed"
+    log "down: ${removed[*]:-nothing to remove (no namespaces ${NS[*]})}"
 }
 
 case "${1:-}" in
