@@ -4,11 +4,15 @@ On a cluster the network between nodes is the slow part; the flat ring sends `2 
 the buffer over every link of the ring, and with several ranks per node its cross-node links carry
 it once per node boundary the ring crosses, in each direction. The hierarchical allreduce instead
 
-1. reduces within each node (the node's ranks share memory: MPI's shared-memory transport, the
-   ring or `MPI_Allreduce` by size, as `auto` picks for one machine),
-2. runs the ring across one leader per node (the node-local rank 0), the only traffic on the
-   network: `2 (nodes - 1) / nodes` of the buffer per leader,
-3. broadcasts the result from the leader within its node.
+1. reduces within each node to its leader, the node-local rank 0 (`MPI_Ireduce` over the
+   shared memory of the node's ranks),
+2. runs the ring across the leaders, the only traffic on the network: `2 (nodes - 1) / nodes`
+   of the buffer per leader,
+3. broadcasts the result from the leader within its node (`MPI_Ibcast`),
+
+in pieces, so that the node-local steps of some pieces overlap the network transfer of another.
+On one node it is the node-local allreduce alone (`auto`'s ring or `MPI_Allreduce` by size), with
+one rank per node the leaders' ring alone.
 
 Node membership comes from `MPI_Comm_split_type(COMM_TYPE_SHARED)`, never from host names (ranks
 of containers or of emulated nodes can share a host name, and one host can have many names).
@@ -19,13 +23,17 @@ identical values on all leaders, which the broadcasts copy. See docs/architectur
 """
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 import numpy as np
 
 from distnn.distributed import stall, startup
 from distnn.distributed.communicator import MpiCommunicator
-from distnn.distributed.ring import AutoCommunicator, RingCommunicator
+from distnn.distributed.ring import AutoCommunicator, RingCommunicator, chunk_bounds
+
+PIECE_BYTES = 4 << 20  # pipelining unit of the multi-node path (measured, see `_pipelined`)
+PIPELINE_DEPTH = 2  # pieces reduced (and broadcast) ahead of the one in the leaders' ring
 
 
 class HierarchicalCommunicator(AutoCommunicator):
@@ -72,17 +80,48 @@ class HierarchicalCommunicator(AutoCommunicator):
     def _reduce(self, flat: np.ndarray, op: str) -> None:
         if flat.size < self._ring_min_count[flat.dtype]:
             MpiCommunicator._reduce(self, flat, op)
-            return
-        node, leaders = self._node, self._leaders
-        if node is not None:
-            node._reduce(flat, "sum")  # every rank of the node holds the node's sum
-        if leaders is not None:
-            leaders._reduce(flat, "sum")
-        if op == "average" and (leaders is not None or self.nodes == 1):
-            # On the leaders, or on one node on every rank (each holds the identical node sum).
-            np.divide(flat, self._size, out=flat)
-        if node is not None and self.nodes > 1:
-            self._monitor.wait(node.comm.Ibcast(flat, root=0))
+        elif self._node is None:  # one rank per node: the leaders' ring is the whole allreduce
+            self._leaders._reduce(flat, op)
+        elif self.nodes == 1:  # one node: the node-local allreduce is the whole allreduce
+            self._node._reduce(flat, op)
+        else:
+            self._pipelined(flat, op)
+
+    def _pipelined(self, flat: np.ndarray, op: str) -> None:
+        """Node reduce, leaders' ring and node broadcast, piece by piece, overlapped.
+
+        The node-local `MPI_Ireduce` of the next pieces and the `MPI_Ibcast` of the previous ones
+        progress while the leader waits in the ring's transfers of the current piece, so the
+        network stays busy during the node-local work. Measured on the emulated cluster (2 nodes x
+        2 ranks on 2 cores, 1 Gbit/s, 16 MiB): the three steps one after the other took 227 ms, as
+        long as the flat ring (211 ms); pipelined in 4 MiB pieces 153 ms (the link's own time for
+        the leaders' ring is 141 ms); 1 MiB pieces 166 ms; all pieces in flight at once slowed
+        64 MiB down, hence at most `PIPELINE_DEPTH` ahead.
+        """
+        node_comm, leaders, MPI, wait = self._node.comm, self._leaders, self._MPI, self._monitor.wait
+        bounds = chunk_bounds(flat.size, max(1, -(-flat.nbytes // PIECE_BYTES)))
+        pieces = [flat[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+        leader = leaders is not None
+
+        def start_reduce(piece: np.ndarray):
+            if leader:
+                return node_comm.Ireduce(MPI.IN_PLACE, piece, op=MPI.SUM, root=0)
+            return node_comm.Ireduce(piece, None, op=MPI.SUM, root=0)
+
+        reduces = deque(start_reduce(piece) for piece in pieces[:PIPELINE_DEPTH])
+        broadcasts: deque = deque()
+        for k, piece in enumerate(pieces):
+            wait(reduces.popleft())
+            if k + PIPELINE_DEPTH < len(pieces):
+                reduces.append(start_reduce(pieces[k + PIPELINE_DEPTH]))
+            if leader:
+                leaders._reduce(piece, "sum")
+                if op == "average":
+                    np.divide(piece, self._size, out=piece)
+            broadcasts.append(node_comm.Ibcast(piece, root=0))
+            if len(broadcasts) > PIPELINE_DEPTH:
+                wait(broadcasts.popleft())
+        self._monitor.wait_all(list(broadcasts))
 
 
 def spans_nodes_with_shared_memory(comm: Any = None) -> bool:
