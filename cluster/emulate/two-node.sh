@@ -34,7 +34,8 @@
 #   DISTNN_EMU_DEV     name of the veth in both namespaces (<= 15 characters)       [dnlink]
 #   DISTNN_EMU_NET     first three octets of the /24 the nodes live on               [10.213.0]
 #   DISTNN_EMU_RATE    rate of `up` without an argument (tc units: 1gbit, 500mbit)   [1gbit]
-#   DISTNN_EMU_DIR     state directory (the launcher script, the env file)          [/tmp/distnn-emu-NAME]
+#   DISTNN_EMU_DIR     state directory (the launcher script)                        [/tmp/distnn-emu-NAME]
+#   DISTNN_EMU_MPIEXEC the mpiexec of `mpiexec`                      [beside python3, else on PATH]
 set -euo pipefail
 
 NAME="${DISTNN_EMU_NAME:-distnn}"
@@ -73,7 +74,6 @@ shape() {
                 || die "tc refused rate=$rate (use tc units such as 1gbit, 500mbit, or unlimited)"
         fi
     done
-    echo "$rate" >"$DIR/rate"
 }
 
 write_launcher() {
@@ -130,7 +130,6 @@ EOF
         ip netns exec "${NS[$i]}" ip link set "$DEV" up
     done
     write_launcher
-    write_env
     shape "$rate"
     log "up: ${NODES[0]}=${ADDR[0]} (${NS[0]}), ${NODES[1]}=${ADDR[1]} (${NS[1]}), link $DEV at $rate"
 }
@@ -143,11 +142,6 @@ env_lines() {
         *) die "MODE must be flat or nodes. Received: $mode" ;;
     esac
     echo "export DISTNN_EMU_LAUNCHER=$LAUNCHER DISTNN_EMU_NS1=${NS[0]} DISTNN_EMU_NS2=${NS[1]}"
-}
-
-write_env() {
-    { env_lines flat; } >"$DIR/env-flat.sh"
-    { env_lines nodes; } >"$DIR/env-nodes.sh"
 }
 
 require_up() {
