@@ -98,7 +98,7 @@ def to_keras_entry(entry: dict) -> dict:
             "batch_shape": config["batch_shape"], "dtype": config.get("dtype", "float32"), "sparse": False,
             "ragged": False, "name": config["name"], "optional": False}, "registered_name": None}
     if class_name == "Sequential":
-        layer_entries = [to_keras_entry(e) for e in config["layers"]]
+        layer_entries = sequential_layers([to_keras_entry(e) for e in config["layers"]], config["name"])
         inputs = [e for e in layer_entries if e["class_name"] == "InputLayer"]
         shape = inputs[0]["config"]["batch_shape"] if inputs else None
         return {"module": "keras", "class_name": "Sequential", "config": {
@@ -118,6 +118,23 @@ def to_keras_entry(entry: dict) -> dict:
             "input_layers": config["input_layers"], "output_layers": config["output_layers"]},
             "registered_name": "Functional", "build_config": {"input_shape": None}}
     return _to_keras(entry)
+
+
+def sequential_layers(entries: list[dict], name: str) -> list[dict]:
+    """A Sequential's Keras layer entries: a first layer's ``batch_input_shape`` (Keras 2's way,
+    which distnn keeps for ``Dense(..., input_shape=...)``) becomes the ``InputLayer`` Keras 3 writes."""
+    inputs = [e for e in entries if e["class_name"] == "InputLayer"]
+    rest = [e for e in entries if e["class_name"] != "InputLayer"]
+    if not rest or "batch_input_shape" not in rest[0]["config"]:
+        return entries
+    first = {**rest[0], "config": dict(rest[0]["config"])}
+    shape = first["config"].pop("batch_input_shape")
+    if not inputs:
+        dtype = first["config"].get("dtype", {})
+        dtype = dtype.get("config", {}).get("name", "float32") if isinstance(dtype, dict) else dtype
+        inputs = [to_keras_entry({"class_name": "InputLayer", "config": {"batch_shape": shape, "dtype": dtype,
+                                                                         "name": f"{name}_input"}})]
+    return [*inputs, first, *rest[1:]]
 
 
 def keras_operation_order(model: Any) -> list[Layer]:
@@ -182,7 +199,7 @@ def keras_model_config(model: Any) -> dict:
         entry = to_keras_entry(layers.serialize(layer))
         if isinstance(layer, Sequential):
             inputs = [e for e in entry["config"]["layers"] if e["class_name"] == "InputLayer"]
-            entry["config"]["layers"] = inputs + [convert(sub) for sub in layer.layers]
+            entry["config"]["layers"] = sequential_layers(inputs + [convert(sub) for sub in layer.layers], layer.name)
         elif isinstance(layer, Functional):
             by_name = {e["name"]: e for e in entry["config"]["layers"]}
             nested = {sub.name: sub for sub in layer.layers}
@@ -241,6 +258,11 @@ def from_keras_entry(value: Any, custom_objects: dict | None, where: str) -> Any
             # BatchNormalization: distnn synchronizes statistics across ranks by default (the
             # exactness contract); Keras' flag only concerns TensorFlow distribution strategies.
             continue
+        if key == "inbound_nodes" and isinstance(item, list):
+            # Keras records the mask argument of every call, mostly None; distnn passes a mask only
+            # to layers whose call takes one, so a None mask is left out.
+            item = [{**node, "kwargs": {k: v for k, v in node["kwargs"].items() if (k, v) != ("mask", None)}}
+                    if isinstance(node, dict) and isinstance(node.get("kwargs"), dict) else node for node in item]
         out[key] = item if key == "module" else from_keras_entry(item, custom_objects, where)
     return out
 

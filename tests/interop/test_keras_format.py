@@ -1,0 +1,222 @@
+"""Keras 3 ``.keras`` / ``.weights.h5`` files exchanged with the real Keras 3 (JAX backend)."""
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+import distnn
+from distnn import layers, models
+from tests.conftest import load_example
+
+RNG = np.random.default_rng(0)
+TOLERANCE = 1e-5
+
+
+def _max_difference(a, b) -> float:
+    return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
+
+
+# ------------------------------------------------------------------ the same models in both libraries
+def distnn_mlp():
+    model = models.Sequential([layers.Input((8,)), layers.Dense(16, activation="relu"), layers.Dropout(0.2),
+                               layers.Dense(3, activation="softmax")])
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def keras_mlp(keras):
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dropout(0.2), keras.layers.Dense(3, activation="softmax")])
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def distnn_residual():
+    inputs = layers.Input((8,), name="features")
+    hidden = layers.Dense(8, activation="relu")(inputs)
+    branch = layers.Dense(8)(hidden)
+    merged = layers.Activation("tanh")(layers.Add()([hidden, branch]))
+    outputs = layers.Dense(3, activation="softmax")(layers.Concatenate()([merged, inputs]))
+    model = models.Model(inputs, outputs, name="residual")
+    model.compile(optimizer=distnn.optimizers.SGD(0.05, momentum=0.9), loss="categorical_crossentropy")
+    return model
+
+
+def keras_residual(keras):
+    kl = keras.layers
+    inputs = keras.Input((8,), name="features")
+    hidden = kl.Dense(8, activation="relu")(inputs)
+    branch = kl.Dense(8)(hidden)
+    merged = kl.Activation("tanh")(kl.Add()([hidden, branch]))
+    outputs = kl.Dense(3, activation="softmax")(kl.Concatenate()([merged, inputs]))
+    model = keras.Model(inputs, outputs, name="residual")
+    model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="categorical_crossentropy")
+    return model
+
+
+def distnn_cnn():
+    model = load_example("mnist_cnn").build_model()
+    model.compile(optimizer="rmsprop", loss="categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def keras_cnn(keras):
+    kl = keras.layers
+    model = keras.Sequential([keras.Input((28, 28, 1)), kl.Conv2D(32, (3, 3), activation="relu"),
+                              kl.MaxPooling2D((2, 2)), kl.Conv2D(64, (3, 3), activation="relu"),
+                              kl.MaxPooling2D((2, 2)), kl.Conv2D(64, (3, 3), activation="relu"), kl.Flatten(),
+                              kl.Dense(64, activation="relu"), kl.Dense(10, activation="softmax")])
+    model.compile(optimizer="rmsprop", loss="categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def data(kind: str):
+    if kind == "cnn":
+        x = RNG.random((32, 28, 28, 1)).astype("float32")
+        x[::2, :14] += 0.5  # the class is which half of the image is brighter: learnable in a few steps
+        return x, np.eye(10, dtype="float32")[(x[:, :14].mean(axis=(1, 2, 3)) > x[:, 14:].mean(axis=(1, 2, 3)))
+                                              .astype(int)]
+    x = RNG.normal(size=(64, 8)).astype("float32")
+    return x, np.eye(3, dtype="float32")[(x[:, 0] > 0).astype(int) + (x[:, 1] > 1).astype(int)]
+
+
+MODELS = {"mlp": (distnn_mlp, keras_mlp), "residual": (distnn_residual, keras_residual),
+          "cnn": (distnn_cnn, keras_cnn)}
+
+
+# ------------------------------------------------------------------------------------------ tests
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_distnn_file_loads_in_keras_with_equal_predictions(keras, tmp_path, kind):
+    x, y = data(kind)
+    model = MODELS[kind][0]()
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    with zipfile.ZipFile(path) as z:
+        assert sorted(z.namelist()) == ["config.json", "metadata.json", "model.weights.h5"]
+    restored = keras.models.load_model(path)
+    assert _max_difference(restored.predict(x, verbose=0), model.predict(x, verbose=0)) <= TOLERANCE
+    assert int(restored.optimizer.iterations.numpy()) == model.optimizer.iterations
+    if kind == "mlp":  # Dropout draws different masks in the two libraries: no step-for-step comparison
+        return
+    # The optimizer state arrives too: one more identical step keeps both libraries together.
+    model.train_on_batch(x[:16], y[:16])
+    restored.train_on_batch(x[:16], y[:16])
+    assert _max_difference(restored.predict(x, verbose=0), model.predict(x, verbose=0)) <= 1e-4
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_keras_file_loads_in_distnn_and_continues_training(keras, tmp_path, kind):
+    x, y = data(kind)
+    original = MODELS[kind][1](keras)
+    original.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    path = tmp_path / "k.keras"
+    original.save(path)
+    model = models.load_model(path)
+    assert _max_difference(model.predict(x, verbose=0), original.predict(x, verbose=0)) <= TOLERANCE
+    assert model.optimizer.iterations == int(original.optimizer.iterations.numpy())
+    loss_before = model.evaluate(x, y, verbose=0, return_dict=True)["loss"]
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert model.evaluate(x, y, verbose=0, return_dict=True)["loss"] < loss_before
+
+
+def test_optimizer_slots_read_from_keras_match_keras(keras, tmp_path):
+    x, y = data("mlp")
+    original = keras_mlp(keras)
+    original.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    original.save(tmp_path / "k.keras")
+    model = models.load_model(tmp_path / "k.keras")
+    kernel = model.layers[0].kernel
+    start, size = dict(zip(map(id, model._bound_variables), model._segments))[id(kernel)]
+    keras_moment = next(np.asarray(v) for v in original.optimizer.variables
+                        if "momentum" in v.path and tuple(v.shape) == kernel.shape)
+    first_moment = model.optimizer.slots["m"][start:start + size].reshape(kernel.shape)
+    assert np.abs(keras_moment).max() > 0
+    assert _max_difference(first_moment, keras_moment) == 0
+
+
+def test_nested_model_both_ways(keras, tmp_path):
+    x, _ = data("mlp")
+    inner = models.Sequential([layers.Input((8,)), layers.Dense(8, activation="relu"), layers.Dense(8)], name="inner")
+    inputs = layers.Input((8,))
+    outputs = layers.Dense(2)(inner(inner(inputs)))  # a shared nested model
+    model = models.Model(inputs, outputs)
+    model.save(tmp_path / "nested.keras")
+    restored = keras.models.load_model(tmp_path / "nested.keras")
+    assert _max_difference(restored.predict(x, verbose=0), model.predict(x, verbose=0)) <= TOLERANCE
+    restored.save(tmp_path / "nested_k.keras")
+    back = models.load_model(tmp_path / "nested_k.keras")
+    assert _max_difference(back.predict(x, verbose=0), model.predict(x, verbose=0)) <= TOLERANCE
+
+
+def test_batch_normalization_and_pooling_from_keras(keras, tmp_path):
+    kl = keras.layers
+    inputs = keras.Input((8, 8, 3))
+    h = kl.BatchNormalization()(kl.Conv2D(4, 3, padding="same")(inputs))
+    h = kl.AveragePooling2D(2)(kl.MaxPooling2D()(h))
+    h = kl.Conv1D(2, 2, activation="sigmoid")(kl.Reshape((4, 4))(kl.Flatten()(h)))
+    original = keras.Model(inputs, kl.GlobalAveragePooling1D()(h))
+    x = RNG.random((5, 8, 8, 3)).astype("float32")
+    original.compile(optimizer="adam", loss="mse")
+    original.fit(x, RNG.random((5, 2)).astype("float32"), epochs=2, verbose=0)  # moving statistics move
+    original.save(tmp_path / "bn.keras")
+    model = models.load_model(tmp_path / "bn.keras")
+    assert _max_difference(model.predict(x, verbose=0), original.predict(x, verbose=0)) <= TOLERANCE
+
+
+@pytest.mark.parametrize("writer", ["distnn", "keras"])
+def test_weights_h5_both_ways(keras, tmp_path, writer):
+    x, _ = data("mlp")
+    source = distnn_mlp() if writer == "distnn" else keras_mlp(keras)
+    target = keras_mlp(keras) if writer == "distnn" else distnn_mlp()
+    source.save_weights(tmp_path / "w.weights.h5")
+    target.load_weights(tmp_path / "w.weights.h5")
+    assert _max_difference(target.predict(x, verbose=0), source.predict(x, verbose=0)) <= TOLERANCE
+
+
+def test_config_follows_keras_schema(keras, tmp_path):
+    """The config distnn writes for a functional model equals what Keras writes for the same model,
+    apart from values Keras adds itself (defaults of options distnn lacks, dtype bookkeeping)."""
+    distnn.utils.clear_session()
+    distnn_residual().save(tmp_path / "d.keras")
+    keras.utils.clear_session()
+    keras_residual(keras).save(tmp_path / "k.keras")
+
+    def layer_order(path):
+        with zipfile.ZipFile(path) as z:
+            config = json.loads(z.read("config.json"))
+        return [(e["class_name"], e["module"], e["name"], e["inbound_nodes"] and
+                 [[t["config"]["keras_history"] for t in (a if isinstance(a, list) else [a])]
+                  for a in e["inbound_nodes"][0]["args"]]) for e in config["config"]["layers"]]
+
+    assert layer_order(tmp_path / "d.keras") == layer_order(tmp_path / "k.keras")
+
+
+def test_keras_layer_distnn_lacks_is_named(keras, tmp_path):
+    kl = keras.layers
+    original = keras.Sequential([keras.Input((4, 3)), kl.GroupNormalization(groups=3), kl.Flatten(), kl.Dense(2)])
+    original.save(tmp_path / "lacks.keras")
+    with pytest.raises(ValueError, match="GroupNormalization"):
+        models.load_model(tmp_path / "lacks.keras")
+    option = keras.Sequential([keras.Input((4,)), kl.Dense(2, lora_rank=2)])
+    option.save(tmp_path / "lora.keras")
+    with pytest.raises(ValueError, match="lora_rank"):
+        models.load_model(tmp_path / "lora.keras")
+
+
+def test_subclassed_models_are_refused_by_name(tmp_path):
+    class Custom(models.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = layers.Dense(2)
+
+        def call(self, x):
+            return self.dense(x)
+
+    model = Custom()
+    model.build((None, 3))
+    with pytest.raises(ValueError, match="subclassed model"):
+        model.save(tmp_path / "c.keras")
