@@ -32,6 +32,7 @@ def plot_history(history: Any, path: str, metrics: list[str] | None = None, titl
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415 - optional, slow import
         from matplotlib.figure import Figure  # noqa: PLC0415
+        from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
     except ImportError as exc:
         raise ImportError("plot_history needs matplotlib: pip install 'distnn[interop]'") from exc
     series = _series(history)
@@ -50,6 +51,7 @@ def plot_history(history: Any, path: str, metrics: list[str] | None = None, titl
             axes.plot(range(1, len(series[f"val_{name}"]) + 1), series[f"val_{name}"], marker="s",
                       label=f"validation {name}")
         axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_ylabel(name)
         axes.grid(True, alpha=0.3)
         axes.legend()

@@ -222,6 +222,9 @@ def _from_keras_object(value: dict, custom_objects: dict | None, where: str) -> 
         table = _DISTNN_TABLES.get(module)
         if table is not None:
             out["module"] = table
+        if table == "distnn.optimizers.schedules" and isinstance(out.get("config"), dict):
+            # Keras names a schedule after its class; distnn's schedules take no name
+            out["config"] = {k: v for k, v in out["config"].items() if k != "name"}
         return out
     name = value.get("registered_name") or value.get("class_name")
     if value.get("class_name") == "function":
