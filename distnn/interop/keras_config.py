@@ -60,6 +60,21 @@ def _dtype_policy(dtype: Any) -> Any:
     return {"module": "keras", "class_name": "DTypePolicy", "config": {"name": dtype}, "registered_name": None}
 
 
+# Keras' activation functions' parameters at their defaults: distnn saves a parametrized activation
+# as {"class_name": "elu", "config": {"alpha": 1.0}}; a Keras layer config holds only its name.
+_ACTIVATION_DEFAULTS = {"elu": {"alpha": 1.0}, "leaky_relu": {"negative_slope": 0.2}, "gelu": {"approximate": False},
+                        "softmax": {"axis": -1}, "relu": {"negative_slope": 0.0, "max_value": None, "threshold": 0.0}}
+
+
+def _keras_activation(value: dict) -> str:
+    name, config = value.get("class_name"), value.get("config") or {}
+    defaults = _ACTIVATION_DEFAULTS.get(name, {})
+    if any(key not in defaults or config[key] != defaults[key] for key in config):
+        raise ValueError(f"Keras' format names a layer's activation without parameters; {name}({config}) needs "
+                         "them: use an activation layer, or save in distnn's format (a path not ending in .keras)")
+    return name
+
+
 def _to_keras(value: Any, layer_config: bool = False) -> Any:
     """distnn's serialized objects (``{"module": "distnn.<table>", "class_name", "config"}``) inside
     ``value`` in Keras' form: Keras' module and a ``registered_name`` (a custom class, which has no
@@ -76,6 +91,8 @@ def _to_keras(value: Any, layer_config: bool = False) -> Any:
             continue
         if layer_config and key == "dtype" and isinstance(item, str):
             out[key] = _dtype_policy(item)
+        elif layer_config and key == "activation" and isinstance(item, dict) and "module" not in item:
+            out[key] = _keras_activation(item)
         else:
             out[key] = _to_keras(item, layer_config=key == "config" and "class_name" in value and
                                  value.get("module") == "distnn.layers")

@@ -247,3 +247,57 @@ def test_keras_optimizers_and_losses_continue_step_for_step(keras, tmp_path, nam
     assert _max_difference(model.predict(x, verbose=0), original.predict(x, verbose=0)) <= TOLERANCE
     model.save(tmp_path / "d.keras")  # and back: Keras reads distnn's copy with the same optimizer class
     assert type(keras.models.load_model(tmp_path / "d.keras").optimizer) is type(original.optimizer)
+
+
+ACTIVATIONS = ["relu", "sigmoid", "tanh", "softmax", "elu", "selu", "softplus", "softsign", "swish", "silu", "gelu",
+               "hard_sigmoid", "leaky_relu", "linear"]
+LAYERS = {  # Keras layer -> input shape: every layer distnn and Keras 3 both have
+    "dense": (lambda kl: kl.Dense(3, use_bias=False, kernel_regularizer="l2"), (5,)),
+    "dropout": (lambda kl: kl.Dropout(0.4, noise_shape=(None, 1)), (5,)),
+    "flatten_reshape": (lambda kl: [kl.Flatten(), kl.Reshape((2, -1))], (3, 4)),
+    "conv1d": (lambda kl: kl.Conv1D(3, 3, strides=2, padding="same", activation="relu"), (9, 2)),
+    "conv1d_causal": (lambda kl: kl.Conv1D(2, 2, padding="causal", dilation_rate=2), (7, 3)),
+    "conv2d": (lambda kl: kl.Conv2D(2, (3, 2), strides=(2, 1), padding="same"), (6, 5, 3)),
+    "batch_normalization": (lambda kl: kl.BatchNormalization(momentum=0.5, epsilon=0.01, center=False), (4, 3)),
+    "pooling1d": (lambda kl: [kl.MaxPooling1D(3, strides=2, padding="same"), kl.AveragePooling1D(2)], (9, 2)),
+    "pooling2d": (lambda kl: [kl.MaxPooling2D((2, 3)), kl.AveragePooling2D(2, padding="same")], (8, 9, 2)),
+    "global1d": (lambda kl: [kl.GlobalMaxPooling1D(keepdims=True), kl.GlobalAveragePooling1D()], (6, 3)),
+    "global2d": (lambda kl: [kl.GlobalAveragePooling2D(keepdims=True), kl.GlobalMaxPooling2D()], (4, 5, 3)),
+    "zero_padding": (lambda kl: [kl.ZeroPadding2D(((1, 0), (2, 1))), kl.Reshape((-1, 3)), kl.ZeroPadding1D(2)],
+                     (2, 2, 3)),
+    "identity": (lambda kl: kl.Identity(), (4,)),
+    **{f"activation_{name}": ((lambda n: lambda kl: [kl.Dense(4, activation=n), kl.Activation(n)])(name), (3,))
+       for name in ACTIVATIONS},
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_every_shared_layer_round_trips_keras_distnn_keras(keras, tmp_path, name):
+    make, shape = LAYERS[name]
+    made = make(keras.layers)
+    original = keras.Sequential([keras.Input(shape), *(made if isinstance(made, list) else [made])])
+    x = RNG.normal(size=(6, *shape)).astype("float32")
+    if name == "batch_normalization":  # moving statistics away from their initial values
+        original.compile(optimizer="sgd", loss="mse")
+        original.fit(x, original.predict(x, verbose=0) + 1, epochs=3, verbose=0)
+    original.save(tmp_path / "k.keras")
+    model = models.load_model(tmp_path / "k.keras")
+    assert _max_difference(model.predict(x, verbose=0), original.predict(x, verbose=0)) <= TOLERANCE
+    model.save(tmp_path / "d.keras")
+    again = keras.models.load_model(tmp_path / "d.keras")
+    assert _max_difference(again.predict(x, verbose=0), original.predict(x, verbose=0)) <= TOLERANCE
+
+
+@pytest.mark.parametrize("merge", ["Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate",
+                                   "Dot"])
+def test_merging_layers_round_trip(keras, tmp_path, merge):
+    first, second = keras.Input((4,), name="a"), keras.Input((4,), name="b")
+    layer = getattr(keras.layers, merge)(**({"axes": 1} if merge == "Dot" else {}))
+    original = keras.Model([first, second], keras.layers.Dense(2)(layer([first, second])))
+    x = [RNG.normal(size=(5, 4)).astype("float32") for _ in range(2)]
+    original.save(tmp_path / "k.keras")
+    model = models.load_model(tmp_path / "k.keras")
+    assert _max_difference(model.predict(x, verbose=0), original.predict(x, verbose=0)) <= TOLERANCE
+    model.save(tmp_path / "d.keras")
+    assert _max_difference(keras.models.load_model(tmp_path / "d.keras").predict(x, verbose=0),
+                           original.predict(x, verbose=0)) <= TOLERANCE
