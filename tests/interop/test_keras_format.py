@@ -9,7 +9,7 @@ import pytest
 
 import distnn
 from distnn import layers, models
-from tests.conftest import load_example
+from conftest import load_example
 
 RNG = np.random.default_rng(0)
 TOLERANCE = 1e-5
@@ -301,3 +301,27 @@ def test_merging_layers_round_trip(keras, tmp_path, merge):
     model.save(tmp_path / "d.keras")
     assert _max_difference(keras.models.load_model(tmp_path / "d.keras").predict(x, verbose=0),
                            original.predict(x, verbose=0)) <= TOLERANCE
+
+
+def test_dict_inputs_outputs_and_a_shared_layer_both_ways(keras, tmp_path):
+    kl = keras.layers
+    first, second = keras.Input((3,), name="a"), keras.Input((2,), name="b")
+    shared = kl.Dense(4, activation="relu", name="shared")
+    joined = kl.concatenate([shared(kl.Dense(4)(first)), shared(kl.Dense(4)(kl.concatenate([first, second])))])
+    outputs = {"o1": kl.Dense(1, name="o1")(joined), "o2": kl.Dense(2, name="o2", activation="softmax")(joined)}
+    original = keras.Model({"a": first, "b": second}, outputs)
+    original.compile(optimizer="adam", loss={"o1": "mse", "o2": "categorical_crossentropy"},
+                     loss_weights={"o1": 1.0, "o2": 0.5})
+    x = {"a": RNG.random((8, 3)).astype("float32"), "b": RNG.random((8, 2)).astype("float32")}
+    y = {"o1": RNG.random((8, 1)).astype("float32"), "o2": np.eye(2, dtype="float32")[RNG.integers(0, 2, 8)]}
+    original.fit(x, y, verbose=0)
+    original.save(tmp_path / "k.keras")
+    model = models.load_model(tmp_path / "k.keras")
+    expected = original.predict(x, verbose=0)
+    predicted = model.predict(x, verbose=0)
+    assert all(_max_difference(predicted[k], expected[k]) <= TOLERANCE for k in ("o1", "o2"))
+    model.save(tmp_path / "d.keras")
+    again = keras.models.load_model(tmp_path / "d.keras").predict(x, verbose=0)
+    assert all(_max_difference(again[k], expected[k]) <= TOLERANCE for k in ("o1", "o2"))
+    model.fit(x, y, epochs=1, verbose=0)  # the per-output losses and weights came along
+    assert model.compiled and set(model.output_names) == {"o1", "o2"}

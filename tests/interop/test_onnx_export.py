@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from distnn import layers, models
-from tests.conftest import load_example
+from conftest import load_example
 
 RNG = np.random.default_rng(1)
 

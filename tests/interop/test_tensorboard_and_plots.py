@@ -9,7 +9,7 @@ import pytest
 
 from distnn.callbacks import TensorBoard
 from distnn.utils import plot_history
-from tests.conftest import run_mpi, run_python
+from conftest import run_mpi, run_python
 
 
 def _accumulator(path):
