@@ -28,6 +28,7 @@ KERAS_NEUTRAL = {
     "sparse": False, "ragged": False, "optional": False, "input_axes": None, "output_axes": None,
     "use_ema": False, "ema_momentum": 0.99, "ema_overwrite_frequency": None, "loss_scale_factor": None,
     "gradient_accumulation_steps": None, "mean": None, "variance": None, "invert": False, "ignore_class": None,
+    "sliding_window": None, "use_gate": False,
 }
 # Keras' bookkeeping around a serialized object, not part of what it is.
 _BOOKKEEPING = ("registered_name", "build_config", "compile_config", "shared_object_id")
@@ -106,6 +107,17 @@ def _to_keras(value: Any, layer_config: bool = False) -> Any:
     return out
 
 
+def _keras_quirks(entry: dict) -> dict:
+    """The few layer configs whose Keras spelling differs from distnn's (Keras 3.15): its
+    SpatialDropout layers take no ``trainable``, UpSampling1D's ``size`` is a plain integer."""
+    name, config = entry["class_name"], dict(entry["config"])
+    if name in ("SpatialDropout1D", "SpatialDropout2D"):
+        config.pop("trainable", None)
+    if name == "UpSampling1D" and isinstance(config.get("size"), list):
+        config["size"] = config["size"][0]
+    return {**entry, "config": config}
+
+
 def to_keras_entry(entry: dict) -> dict:
     """A layer or model entry of ``distnn.layers.serialize`` in Keras 3's schema."""
     class_name = entry["class_name"]
@@ -134,7 +146,7 @@ def to_keras_entry(entry: dict) -> dict:
             "name": config["name"], "trainable": config.get("trainable", True), "layers": layer_entries,
             "input_layers": config["input_layers"], "output_layers": config["output_layers"]},
             "registered_name": "Functional", "build_config": {"input_shape": None}}
-    return _to_keras(entry)
+    return _keras_quirks(_to_keras(entry))
 
 
 def sequential_layers(entries: list[dict], name: str) -> list[dict]:
@@ -274,7 +286,8 @@ def from_keras_entry(value: Any, custom_objects: dict | None, where: str) -> Any
     for key, item in value.items():
         if key in _BOOKKEEPING:
             continue
-        if key == "synchronized" or (key in KERAS_NEUTRAL and item == KERAS_NEUTRAL[key]):
+        if key == "synchronized" or (key in KERAS_NEUTRAL and item == KERAS_NEUTRAL[key]) or \
+                (key.endswith("_constraint") and item is None):
             # BatchNormalization: distnn synchronizes statistics across ranks by default (the
             # exactness contract); Keras' flag only concerns TensorFlow distribution strategies.
             continue
@@ -309,13 +322,26 @@ def to_keras_compile(compile_section: dict | None) -> dict | None:
 
 
 # ------------------------------------------------------------------------------------ weight groups
-def weight_groups(entry: dict, model: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """``(h5 group path, distnn layer)`` for every layer of ``model`` and the model itself, named as
-    Keras' saver names them: a model's layers under ``layers/``, each by the snake-cased class name
-    made unique within its container (``dense``, ``dense_1``), its variables in ``<path>/vars``.
+# Keras keeps a recurrent layer's weights in its cell (``layers/lstm/cell/vars``); distnn's recurrent
+# layers hold them directly, in the cell's order (kernel, recurrent kernel, bias).
+_CELL_LAYERS = ("SimpleRNN", "LSTM", "GRU")
+
+
+def weight_groups(entry: dict, model: Any, prefix: str = "") -> list[tuple[str, Any, list]]:
+    """``(h5 group path, distnn layer, its variables there)`` for the model, its layers and their
+    sublayers, named as Keras' saver names them: a model's layers under ``layers/``, each by the
+    snake-cased class name made unique within its container (``dense``, ``dense_1``), a sublayer by
+    the attribute holding it (``forward_layer``, ``query_dense``), variables in ``<path>/vars``.
     ``entry`` is the model's Keras config (read from a file or made by ``keras_model_config``),
-    whose layer list is in Keras' order; layers are matched to ``model``'s by name."""
-    groups = [(f"{prefix}vars", model)]
+    whose layer list is in Keras' order; layers are matched to ``model``'s by name. A layer reached
+    twice (shared) is listed where Keras first saves it."""
+    seen: set[int] = set()
+    return _model_groups(entry, model, prefix, seen)
+
+
+def _model_groups(entry: dict, model: Any, prefix: str, seen: set[int]) -> list[tuple[str, Any, list]]:
+    seen.add(id(model))
+    groups: list[tuple[str, Any, list]] = [(f"{prefix}vars", model, [])]
     used: dict[str, int] = {}
     config = entry.get("config", {})
     layer_entries = config.get("layers", []) if isinstance(config, dict) else []
@@ -326,12 +352,52 @@ def weight_groups(entry: dict, model: Any, prefix: str = "") -> list[tuple[str, 
         name = base if base not in used else f"{base}_{used[base] + 1}"
         used[base] = used.get(base, -1) + 1
         layer = _matching_layer(model, layer_entry, index)
+        if id(layer) in seen:
+            continue
         path = f"{prefix}layers/{name}/"
         if layer_entry.get("class_name") in ("Sequential", "Functional"):
-            groups.extend(weight_groups(layer_entry, layer, path))
+            groups.extend(_model_groups(layer_entry, layer, path, seen))
         else:
-            groups.append((f"{path}vars", layer))
+            groups.extend(_layer_groups(layer, path, seen))
     return groups
+
+
+def _layer_groups(layer: Any, path: str, seen: set[int]) -> list[tuple[str, Any, list]]:
+    seen.add(id(layer))
+    if type(layer).__name__ in _CELL_LAYERS:
+        groups = [(f"{path}vars", layer, []), (f"{path}cell/vars", layer, own_variables(layer))]
+    else:
+        groups = [(f"{path}vars", layer, own_variables(layer))]
+    # Keras walks attributes in name order, private ones last; a sublayer gets its attribute's name
+    for attribute in sorted(vars(layer), key=lambda name: (name.startswith("_"), name)):
+        value = getattr(layer, attribute)
+        if isinstance(value, Layer) and id(value) not in seen:
+            groups.extend(_layer_groups(value, f"{path}{attribute.lstrip('_')}/", seen))
+    return groups
+
+
+def trainable_order(model: Any) -> list:
+    """The model's trainable variables in the order Keras lists ``model.trainable_variables`` (its
+    optimizer's variables follow it): layers in order, each layer's own variables, then its
+    sublayers' in the order they were created."""
+    order: list = []
+    seen: set[int] = set()
+    classes = model_classes()
+
+    def visit(layer: Any) -> None:
+        if id(layer) in seen:
+            return
+        seen.add(id(layer))
+        order.extend(v for v in own_variables(layer) if v.trainable)
+        if isinstance(layer, classes["Functional"]):
+            sublayers = keras_operation_order(layer)
+        else:
+            sublayers = layer.layers if isinstance(layer, classes["Sequential"]) else layer._tracked_layers()
+        for sub in sublayers:
+            visit(sub)
+
+    visit(model)
+    return order
 
 
 def _matching_layer(model: Any, entry: dict, index: int) -> Any:

@@ -72,7 +72,7 @@ def _optimizer_layout(optimizer: Any) -> list[tuple[str, ...]] | None:
     return None
 
 
-def _optimizer_variables(model: Any, groups: list[tuple[str, Any]]) -> list[tuple[str, Any]] | None:
+def _optimizer_variables(model: Any) -> list[tuple[str, Any]] | None:
     """``(what, array view)`` of the optimizer state in Keras' variable order; ``None`` when distnn
     cannot lay it out as Keras does."""
     optimizer = model.optimizer
@@ -80,13 +80,7 @@ def _optimizer_variables(model: Any, groups: list[tuple[str, Any]]) -> list[tupl
     if layout is None or not optimizer.built:
         return None
     segments = {id(v): segment for v, segment in zip(model._bound_variables, model._segments)}
-    seen: set[int] = set()
-    order = []
-    for _, layer in groups:  # Keras' model.trainable_variables: layers in order, own variables each
-        for v in keras_config.own_variables(layer):
-            if v.trainable and id(v) in segments and id(v) not in seen:
-                seen.add(id(v))
-                order.append(v)
+    order = [v for v in keras_config.trainable_order(model) if id(v) in segments]
     items: list[tuple[str, Any]] = [("iterations", np.array(optimizer.iterations, dtype=np.int64))]
     if not callable(optimizer._learning_rate):  # Keras tracks a schedule's rate as no variable
         items.append(("learning_rate", np.array(optimizer.learning_rate, dtype=np.float32)))
@@ -102,19 +96,14 @@ def _optimizer_variables(model: Any, groups: list[tuple[str, Any]]) -> list[tupl
 def _write_weights(target: Any, model: Any, config: dict, include_optimizer: bool) -> None:
     """The HDF5 weights file into the seekable binary file object ``target``."""
     h5py = _h5py()
-    groups = keras_config.weight_groups(config, model)
     with h5py.File(target, "w") as f:
-        written: set[int] = set()
-        for group_path, layer in groups:
-            if id(layer) in written:  # a layer reached twice is saved once, where Keras saves it
-                continue
-            written.add(id(layer))
+        for group_path, layer, variables in keras_config.weight_groups(config, model):
             group = f.require_group(group_path)
             group.attrs["name"] = layer.name
-            for i, variable in enumerate(keras_config.own_variables(layer)):
+            for i, variable in enumerate(variables):
                 group.create_dataset(str(i), data=backend.to_numpy(variable.value))
         if include_optimizer and model.compiled:
-            items = _optimizer_variables(model, groups)
+            items = _optimizer_variables(model)
             if items is None:
                 warnings.warn(f"The state of optimizer {type(model.optimizer).__name__} is not written in Keras' "
                               "format (distnn does not know its Keras layout); the weights and compile settings "
@@ -230,12 +219,7 @@ class _H5Reader:
 def _weight_plan(reader: _H5Reader, config: dict, model: Any) -> list[tuple[Any, Any]]:
     """``(dataset, variable)`` for every weight of ``model``, all checked before any is read."""
     plan = []
-    visited: set[int] = set()
-    for path, layer in keras_config.weight_groups(config, model):
-        if id(layer) in visited:
-            continue
-        visited.add(id(layer))
-        variables = keras_config.own_variables(layer)
+    for path, _, variables in keras_config.weight_groups(config, model):
         datasets = reader.datasets(path, [(v.shape, v.name) for v in variables])
         plan.extend(zip(datasets, variables))
     return plan
@@ -247,10 +231,10 @@ def _assign(reader: _H5Reader, dataset: Any, variable: Any) -> None:
         variable.assign(backend.to_device(array.astype(variable.value.dtype, copy=False)))
 
 
-def _read_optimizer(reader: _H5Reader, model: Any, groups: list[tuple[str, Any]]) -> None:
+def _read_optimizer(reader: _H5Reader, model: Any) -> None:
     if reader.node("optimizer") is None:
         return
-    items = _optimizer_variables(model, groups)
+    items = _optimizer_variables(model)
     if items is None:
         warnings.warn(f"{reader.where}: the optimizer state is not loaded: distnn does not know the Keras layout of "
                       f"{type(model.optimizer).__name__}; training continues from fresh optimizer state", stacklevel=4)
@@ -299,7 +283,7 @@ def load_model(filepath: Any, custom_objects: dict | None = None, compile: bool 
                 _assign(reader, dataset, variable)
             if compile and compile_section:
                 saving._compile(model, compile_section, custom_objects, where)
-                _read_optimizer(reader, model, keras_config.weight_groups(config, model))
+                _read_optimizer(reader, model)
     return model
 
 
