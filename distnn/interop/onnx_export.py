@@ -5,7 +5,8 @@ Each layer becomes a few standard ONNX operators and its weights become initiali
 in the layouts ONNX wants: convolution kernels ``OI<spatial>``). Channels-last convolutions and
 poolings are wrapped in transposes, since ONNX's are channels-first. BatchNormalization exports its
 inference form folded into one scale and one shift, Dropout is the identity, nested models are
-inlined. A layer without a converter here fails by name. See docs/architecture.md, "ONNX export".
+inlined; recurrent layers become ONNX's RNN/GRU/LSTM operators, MultiHeadAttention its matrix
+products and softmax. A layer without a converter here fails by name. See docs/architecture.md, "ONNX export".
 """
 from __future__ import annotations
 
@@ -185,6 +186,120 @@ def _zero_padding(graph: _Graph, layer: Any, x: str, shape: tuple) -> str:
     return graph.op("Pad", [x, pads], f"{layer.name}/pad")
 
 
+def _embedding(graph: _Graph, layer: Any, x: str, shape: tuple) -> str:
+    if layer.mask_zero:
+        raise ValueError(f"ONNX export: {layer.name} has mask_zero=True; ONNX graphs carry no masks")
+    return graph.op("Gather", [graph.constant(f"{layer.name}/embeddings", layer.embeddings.value), x],
+                    f"{layer.name}/gather", axis=0)
+
+
+def _layer_normalization(graph: _Graph, layer: Any, x: str, shape: tuple) -> str:
+    axes = sorted(a % len(shape) for a in ([layer.axis] if isinstance(layer.axis, int) else layer.axis))
+    if axes != list(range(axes[0], len(shape))) or layer.rms_scaling:
+        raise ValueError(f"ONNX export: {layer.name} normalizes axes {layer.axis} (rms_scaling="
+                         f"{layer.rms_scaling}); the exporter handles trailing axes without rms_scaling")
+    size = [shape[a] for a in axes]
+    gamma = backend.to_numpy(layer.gamma.value) if layer.scale else np.ones(size, np.float32)
+    beta = backend.to_numpy(layer.beta.value) if layer.center else np.zeros(size, np.float32)
+    return graph.op("LayerNormalization", [x, graph.constant(f"{layer.name}/gamma", np.reshape(gamma, size)),
+                                           graph.constant(f"{layer.name}/beta", np.reshape(beta, size))],
+                    f"{layer.name}/layer_norm", axis=axes[0], epsilon=float(layer.epsilon))
+
+
+_RNN_ACTIVATIONS = {"tanh": "Tanh", "sigmoid": "Sigmoid", "relu": "Relu"}
+
+
+def _rnn_activation(layer: Any, key: str) -> str:
+    name = layer.get_config()[key]
+    if name not in _RNN_ACTIVATIONS:
+        raise ValueError(f"ONNX export: {layer.name} uses {key}={name!r}; ONNX's recurrent operators take "
+                         f"{sorted(_RNN_ACTIVATIONS)}")
+    return _RNN_ACTIVATIONS[name]
+
+
+def _recurrent(graph: _Graph, layer: Any, x: str, shape: tuple) -> list[str]:
+    """SimpleRNN, GRU and LSTM as ONNX's RNN, GRU and LSTM operators, time-major (onnxruntime does
+    not run ``layout=1``), between transposes.
+    Keras orders an LSTM's gates i, f, c, o and ONNX i, o, f, c; GRU gates are z, r, h in both, and
+    Keras' ``reset_after=True`` is ONNX's ``linear_before_reset=1``."""
+    kind = type(layer).__name__
+    if layer.go_backwards and layer.return_sequences:
+        raise ValueError(f"ONNX export: {layer.name} has go_backwards=True with return_sequences=True: Keras returns "
+                         "the outputs in reversed order, ONNX's reverse direction in input order")
+    units = layer.units
+    kernel = np.asarray(backend.to_numpy(layer.kernel.value))
+    recurrent = np.asarray(backend.to_numpy(layer.recurrent_kernel.value))
+    bias = np.zeros(kernel.shape[1], np.float32) if layer.bias is None else \
+        np.asarray(backend.to_numpy(layer.bias.value))
+    attributes: dict = {"hidden_size": units, "direction": "reverse" if layer.go_backwards else "forward"}
+    if kind == "LSTM":
+        order = np.concatenate([np.arange(g * units, (g + 1) * units) for g in (0, 3, 1, 2)])  # i o f c
+        kernel, recurrent, bias = kernel[:, order], recurrent[:, order], bias[order]
+        biases = np.concatenate([bias, np.zeros_like(bias)])
+        activations = [_rnn_activation(layer, "recurrent_activation"), *[_rnn_activation(layer, "activation")] * 2]
+    elif kind == "GRU":
+        biases = np.concatenate([bias[0], bias[1]] if layer.reset_after else [bias, np.zeros_like(bias)])
+        attributes["linear_before_reset"] = int(layer.reset_after)
+        activations = [_rnn_activation(layer, "recurrent_activation"), _rnn_activation(layer, "activation")]
+    else:
+        biases = np.concatenate([bias, np.zeros_like(bias)])
+        activations = [_rnn_activation(layer, "activation")]
+    op_type = {"SimpleRNN": "RNN"}.get(kind, kind)
+    time_major = graph.op("Transpose", [x], f"{layer.name}/time_major", perm=[1, 0, 2])
+    inputs = [time_major, graph.constant(f"{layer.name}/W", kernel.T[None]),
+              graph.constant(f"{layer.name}/R", recurrent.T[None]), graph.constant(f"{layer.name}/B", biases[None])]
+    outputs = [graph.name(f"{layer.name}/{part}") for part in ("Y", "Y_h", "Y_c")[:3 if kind == "LSTM" else 2]]
+    graph.nodes.append(graph.helper.make_node(op_type, inputs, outputs, name=outputs[0], activations=activations,
+                                              **attributes))
+    direction_axis = graph.constant(f"{layer.name}/direction_axis", np.array([0], np.int64))
+    states = [graph.op("Squeeze", [state, direction_axis], f"{layer.name}/state") for state in outputs[1:]]
+    if layer.return_sequences:  # Y: (steps, directions, batch, units)
+        squeezed = graph.op("Squeeze", [outputs[0], graph.constant(f"{layer.name}/sequence_axis",
+                                                                   np.array([1], np.int64))], f"{layer.name}/steps")
+        y = graph.op("Transpose", [squeezed], f"{layer.name}/sequences", perm=[1, 0, 2])
+    else:
+        y = states[0]
+    return [y, *states] if layer.return_state else [y]
+
+
+def _multi_head_attention(graph: _Graph, layer: Any, inputs: list[str], shapes: list[tuple]) -> str:
+    """Scaled dot-product attention over the sequence axis, from the four projections' weights."""
+    query, value = inputs[0], inputs[1]
+    key = inputs[2] if len(inputs) > 2 else value
+    if layer.attention_axes not in (None, (1,), [1]) or len(shapes[0]) != 3:
+        raise ValueError(f"ONNX export: {layer.name} attends over axes {layer.attention_axes} of rank-"
+                         f"{len(shapes[0])} inputs; the exporter handles sequences (batch, steps, features)")
+
+    def project(x: str, dense: Any, heads_last: bool) -> str:
+        kernel = np.asarray(backend.to_numpy(dense.kernel.value))
+        base = f"{layer.name}/{dense.name}"
+        if heads_last:  # (heads, dim, out): the attention output, back to features
+            y = graph.op("MatMul", [x, graph.constant(f"{base}/kernel", kernel.reshape(-1, kernel.shape[-1]))], base)
+        else:  # (features, heads, dim): split into heads, (batch, heads, steps, dim)
+            y = graph.op("MatMul", [x, graph.constant(f"{base}/kernel", kernel.reshape(kernel.shape[0], -1))], base)
+        if dense.use_bias:
+            y = graph.op("Add", [y, graph.constant(f"{base}/bias", np.reshape(backend.to_numpy(dense.bias.value), -1))],
+                         f"{base}/bias_add")
+        if heads_last:
+            return y
+        heads = graph.constant(f"{base}/heads", np.array([0, 0, *kernel.shape[1:]], np.int64))
+        return graph.op("Transpose", [graph.op("Reshape", [y, heads], f"{base}/split")], f"{base}/heads_first",
+                        perm=[0, 2, 1, 3])
+
+    q, k, v = project(query, layer.query_dense, False), project(key, layer.key_dense, False), \
+        project(value, layer.value_dense, False)
+    scores = graph.op("MatMul", [q, graph.op("Transpose", [k], f"{layer.name}/keys_t", perm=[0, 1, 3, 2])],
+                      f"{layer.name}/scores")
+    scores = graph.op("Mul", [scores, graph.constant(f"{layer.name}/scale", np.float32(1 / np.sqrt(layer.key_dim)))],
+                      f"{layer.name}/scaled")
+    weights = graph.op("Softmax", [scores], f"{layer.name}/weights", axis=-1)
+    attended = graph.op("Transpose", [graph.op("MatMul", [weights, v], f"{layer.name}/attended")],
+                        f"{layer.name}/steps_first", perm=[0, 2, 1, 3])
+    merged = graph.op("Reshape", [attended, graph.constant(f"{layer.name}/merge", np.array(
+        [0, 0, layer.num_heads * layer.value_dim], np.int64))], f"{layer.name}/merged")
+    return project(merged, layer.output_dense, True)
+
+
 def _identity(graph: _Graph, layer: Any, x: str, shape: tuple) -> str:
     return graph.op("Identity", [x], f"{layer.name}/identity")
 
@@ -220,8 +335,10 @@ _SINGLE_INPUT = {
     layers.GlobalMaxPooling1D: _global_pool("ReduceMax"), layers.GlobalMaxPooling2D: _global_pool("ReduceMax"),
     layers.BatchNormalization: _batch_normalization, layers.Dropout: _identity, layers.Identity: _identity,
     layers.Flatten: _flatten, layers.Reshape: _reshape, layers.Activation: _activation_layer,
-    layers.ZeroPadding1D: _zero_padding, layers.ZeroPadding2D: _zero_padding,
+    layers.ZeroPadding1D: _zero_padding, layers.ZeroPadding2D: _zero_padding, layers.Embedding: _embedding,
+    layers.LayerNormalization: _layer_normalization,
 }
+_RECURRENT = (layers.SimpleRNN, layers.GRU, layers.LSTM)
 _MERGING = {layers.Add: _merge("Sum"), layers.Subtract: _merge("Sub"), layers.Multiply: _merge("Mul"),
             layers.Average: _merge("Sum", average=True), layers.Maximum: _merge("Max"),
             layers.Minimum: _merge("Min"), layers.Concatenate: _merge("Concat")}
@@ -247,6 +364,11 @@ def _convert_model(graph: _Graph, model: Any, inputs: list[str]) -> list[str]:
         if not isinstance(node.operation, layers.Layer):
             raise ValueError(f"ONNX export: the op {node.name!r} in model {model.name!r} has no converter; wrap it "
                              "in a layer")
+        used = {k: v for k, v in node.kwargs.items() if k != "training" and v not in (None, False)
+                and not any(v is t for t in node.input_tensors)}
+        if used:
+            raise ValueError(f"ONNX export: {node.operation.name} is called with {sorted(used)}; the exporter "
+                             "converts plain calls only")
         sources = node.input_tensors
         outputs = _convert_layer(graph, node.operation, [values[id(t)] for t in sources], [t.shape for t in sources])
         for tensor, name in zip(node.output_tensors, outputs):
@@ -260,10 +382,15 @@ def _convert_layer(graph: _Graph, layer: Any, inputs: list[str], shapes: list[tu
     kind = type(layer)
     if kind in _MERGING:
         return [_MERGING[kind](graph, layer, inputs, shapes)]
+    if kind is layers.MultiHeadAttention:
+        return [_multi_head_attention(graph, layer, inputs, shapes)]
+    if kind in _RECURRENT and len(inputs) == 1:
+        return _recurrent(graph, layer, inputs[0], tuple(shapes[0]))
     if kind in _SINGLE_INPUT and len(inputs) == 1:
         return [_SINGLE_INPUT[kind](graph, layer, inputs[0], tuple(shapes[0]))]
+    handled = sorted({c.__name__ for c in (*_SINGLE_INPUT, *_MERGING, *_RECURRENT, layers.MultiHeadAttention)})
     raise ValueError(f"ONNX export: layer {layer.name!r} ({kind.__name__}) has no converter; the exporter "
-                     f"handles {sorted({c.__name__ for c in (*_SINGLE_INPUT, *_MERGING)})}")
+                     f"handles {handled}")
 
 
 def export_onnx(model: Any, filepath: Any) -> str:

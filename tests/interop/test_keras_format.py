@@ -75,7 +75,8 @@ def keras_cnn(keras):
 
 def distnn_lstm():
     model = models.Sequential([layers.Input((7,), dtype="int32"), layers.Embedding(12, 6),
-                               layers.LSTM(8, return_sequences=True), layers.GRU(5), layers.Dense(3, activation="softmax")])
+                               layers.LSTM(8, return_sequences=True), layers.GRU(5),
+                               layers.Dense(3, activation="softmax")])
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
 

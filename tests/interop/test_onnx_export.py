@@ -61,14 +61,24 @@ def residual_nested():
     return models.Model(inputs, layers.Dense(2)(h))
 
 
+def sequences():
+    tokens = layers.Input((7,), dtype="int32")
+    h = layers.LSTM(5, return_sequences=True)(layers.Embedding(12, 6)(tokens))
+    h = layers.GRU(4, return_sequences=True, reset_after=False)(layers.GRU(4, return_sequences=True)(h))
+    h = layers.SimpleRNN(3, return_sequences=True, activation="relu")(h)
+    h = layers.LayerNormalization()(layers.Add()([h, layers.MultiHeadAttention(2, 4)(h, h)]))
+    return models.Model(tokens, layers.Dense(2)(layers.LSTM(3, go_backwards=True)(h)))
+
+
 CASES = {"mlp": (mlp, (10,)), "cnn": (cnn, (28, 28, 1)), "conv_zoo": (conv_zoo, (12, 12, 3)),
-         "residual_nested": (residual_nested, (6,))}
+         "residual_nested": (residual_nested, (6,)), "sequences": (sequences, (7,))}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_onnxruntime_predictions_equal_distnn(tmp_path, name):
     build, shape = CASES[name]
-    x = RNG.normal(size=(37, *shape)).astype("float32")
+    x = RNG.integers(0, 12, size=(37, *shape)).astype("int32") if name == "sequences" else \
+        RNG.normal(size=(37, *shape)).astype("float32")
     model = _fitted(build(), x)
     path = tmp_path / f"{name}.onnx"
     model.export(str(path), format="onnx", verbose=False)
@@ -90,3 +100,10 @@ def test_export_refuses_what_it_cannot_write(tmp_path):
     dotted = models.Model(inputs, layers.Dot(axes=1)([inputs, inputs]))
     with pytest.raises(ValueError, match="Dot"):
         dotted.export(str(tmp_path / "dot.onnx"), verbose=False)
+    steps = layers.Input((5, 3))
+    backwards = models.Model(steps, layers.GRU(2, go_backwards=True, return_sequences=True)(steps))
+    with pytest.raises(ValueError, match="go_backwards"):
+        backwards.export(str(tmp_path / "gru.onnx"), verbose=False)
+    causal = models.Model(steps, layers.MultiHeadAttention(1, 2)(steps, steps, use_causal_mask=True))
+    with pytest.raises(ValueError, match="use_causal_mask"):
+        causal.export(str(tmp_path / "mha.onnx"), verbose=False)
