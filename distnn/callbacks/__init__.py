@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from distnn.callbacks.callback import HOOKS, Callback, CallbackList  # noqa: F401 - the public names
+from distnn.callbacks.tensorboard import TensorBoard  # noqa: F401 - tensorboard itself is imported when training begins
 
 
 def __getattr__(name: str) -> Any:
