@@ -64,7 +64,9 @@ def _dtype_policy(dtype: Any) -> Any:
 # Keras' activation functions' parameters at their defaults: distnn saves a parametrized activation
 # as {"class_name": "elu", "config": {"alpha": 1.0}}; a Keras layer config holds only its name.
 _ACTIVATION_DEFAULTS = {"elu": {"alpha": 1.0}, "leaky_relu": {"negative_slope": 0.2}, "gelu": {"approximate": False},
-                        "softmax": {"axis": -1}, "relu": {"negative_slope": 0.0, "max_value": None, "threshold": 0.0}}
+                        "softmax": {"axis": -1}, "relu": {"negative_slope": 0.0, "max_value": None, "threshold": 0.0},
+                        "celu": {"alpha": 1.0}, "glu": {"axis": -1}, "squareplus": {"b": 4.0},
+                        "soft_shrink": {"threshold": 0.5}, "hard_shrink": {"threshold": 0.5}}
 
 
 def _keras_activation(value: dict) -> str:

@@ -64,6 +64,9 @@ def init_kernel_options(layer: "Layer", activation: Any, use_bias: bool, kernel_
     """Resolve and set, under Keras' attribute names, the activation, bias switch, initializers,
     regularizers and constraints of a layer with a kernel (``Dense``, ``Conv1D``, ``Conv2D``)."""
     layer.activation = activations.get(activation)
+    if isinstance(layer.activation, activations.GLU):  # the fused kernel path keeps the output's shape
+        raise ValueError(f"{type(layer).__name__} cannot apply glu, which halves an axis; put an Activation('glu') "
+                         f"layer after it. Received: activation={activation!r}")
     layer.use_bias = bool(use_bias)
     layer.kernel_initializer = initializers.get(kernel_initializer)
     layer.bias_initializer = initializers.get(bias_initializer)
