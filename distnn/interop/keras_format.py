@@ -69,6 +69,9 @@ def _optimizer_layout(optimizer: Any) -> list[tuple[str, ...]] | None:
         return [(name,) for name in ("velocity", "momentum", "average_gradient") if name in optimizer.slot_names]
     if kind is optimizers.Adagrad:
         return [("accumulator",)]
+    # Keras creates these optimizers' variables as distnn's slots, in the same order, per variable.
+    if kind in (optimizers.Adamax, optimizers.Lion, optimizers.Lamb, optimizers.Adadelta, optimizers.Ftrl):
+        return [tuple(optimizer.slot_names)]
     return None
 
 

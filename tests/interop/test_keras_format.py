@@ -248,6 +248,11 @@ COMPILE_SETTINGS = {
     "rmsprop_centered_momentum": lambda k: (k.optimizers.RMSprop(momentum=0.9, centered=True), "mse"),
     "adagrad": lambda k: (k.optimizers.Adagrad(), "mae"),
     "adamw_schedule": lambda k: (k.optimizers.AdamW(k.optimizers.schedules.ExponentialDecay(0.01, 10, 0.9)), "mse"),
+    "adamax": lambda k: (k.optimizers.Adamax(0.01), "mse"),
+    "lion": lambda k: (k.optimizers.Lion(0.001, beta_1=0.8), "mse"),
+    "lamb": lambda k: (k.optimizers.Lamb(0.01), "mse"),
+    "adadelta": lambda k: (k.optimizers.Adadelta(0.5, rho=0.9), "mse"),
+    "ftrl": lambda k: (k.optimizers.Ftrl(0.05, l1_regularization_strength=0.01), "mse"),
 }
 
 
