@@ -9,6 +9,7 @@ a stop flag riding along), so logs, History and callbacks see global values on e
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 import numpy as np
@@ -302,7 +303,6 @@ class TrainingMixin:
     def _train_step(self, x: Any, ys: list, weights: Any, global_count: int, comm: Any) -> np.ndarray:
         """One data-parallel step on this rank's shard; returns the step's global metric states
         followed by the number of ranks that asked to stop."""
-        timeline.next_step()
         reducer = overlap.step_reducer(self, comm)
         if reducer is not None:
             reducer.begin()
@@ -459,10 +459,11 @@ class TrainingMixin:
         logs = self._logs_from(progress.totals) if progress.step else {}
         steps = iter(plan.epoch(self._data_seed, progress.epoch, progress.step))
         while True:
-            with timeline.phase("data"):
-                step = next(steps, None)
+            waited_from = time.perf_counter_ns()
+            step = next(steps, None)
             if step is None:
                 break
+            timeline.next_step(data_since=waited_from)  # the data wait belongs to the step it feeds
             with timeline.phase("callbacks"):
                 cb.on_train_batch_begin(step.index)
             # Random layers draw per global sample, from (data seed, epoch, step): N ranks = 1 process.
@@ -583,6 +584,7 @@ class TrainingMixin:
         else:
             start, stop = data.shard_bounds(len(ys[0]), comm.rank, comm.size)
             total, local = len(ys[0]), slice(start, stop)
+        timeline.next_step()
         with training_step(self._batch_seed, (self.optimizer.iterations,), offset=start, count=stop - start):
             states = self._train_step(data.take(x, local, training_inputs.input_dtypes(self, x)),
                                       [data.take(t, local) for t in ys], data.take(sample_weight, local), total, comm)

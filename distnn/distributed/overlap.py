@@ -2,8 +2,7 @@
 and overlap").
 
 The flat gradient buffer is laid out in the order backward completes it (distnn.models.model), so
-cutting it into contiguous buckets of whole variables gives buckets that become final one after
-another. The tape reports each variable whose gradient is final (``Tape.backward(on_final=...)``);
+cutting it into contiguous buckets gives buckets that become final one after another. The tape reports each variable whose gradient is final (``Tape.backward(on_final=...)``);
 when the last variable of the next bucket is final the bucket's sum over the ranks starts as a
 non-blocking ``MPI_Iallreduce``, and every later report polls the transfers in flight with
 ``MPI_Testall``. After backward the main thread completes what is left in the stall monitor's wait
@@ -73,27 +72,26 @@ class BucketReducer:
         grads: the model's flat gradient buffer.
         variables: the trainable variables, in buffer order (each ``grad`` a view of ``grads``).
         sizes: each variable's element count.
-        bucket_bytes: a bucket closes once it holds at least this many bytes (whole variables).
+        bucket_bytes: each bucket's size (the last one may be smaller).
     """
 
     def __init__(self, comm: Any, grads: np.ndarray, variables: list, sizes: list[int], bucket_bytes: int) -> None:
         self.comm, self.grads, self.variables = comm, grads, variables
-        limit = max(1, bucket_bytes // grads.itemsize)
-        self.bounds: list[tuple[int, int]] = []
-        self._bucket_of: dict[int, int] = {}
-        counts: list[int] = []
-        start = offset = 0
+        # Equal slices of the buffer, cutting through variables: a bucket is final once every
+        # variable overlapping it is. Slices, rather than whole variables, keep each transfer in
+        # the size range where MPI_Iallreduce is fast (a large first-layer kernel would be one
+        # slow multi-MiB bucket, finished last).
+        step = max(1, bucket_bytes // grads.itemsize)
+        self.bounds = [(lo, min(lo + step, grads.size)) for lo in range(0, grads.size, step)]
+        self._buckets_of: dict[int, range] = {}
+        counts = [0] * len(self.bounds)
+        offset = 0
         for v, size in zip(variables, sizes):
-            if offset - start >= limit:
-                self.bounds.append((start, offset))
-                start = offset
-            if start == offset:
-                counts.append(0)
-            self._bucket_of[id(v)] = len(counts) - 1
-            counts[-1] += 1
+            buckets = range(offset // step, -(-(offset + size) // step)) if size else range(0)
+            self._buckets_of[id(v)] = buckets
+            for index in buckets:
+                counts[index] += 1
             offset += size
-        if offset > start:
-            self.bounds.append((start, offset))
         self._counts = counts
         wire_dtype = comm.compression.wire_dtype(grads.dtype) if comm.size > 1 else grads.dtype
         self._wire = None if wire_dtype == grads.dtype else comm.buffer("bucket-wire", wire_dtype, grads.size)
@@ -112,7 +110,8 @@ class BucketReducer:
         """The tape's report: ``variables`` hold their final gradients. Starts the buckets now
         ready (in order) and polls those in flight (MPICH advances a transfer only inside MPI calls)."""
         for v in variables:
-            self._pending[self._bucket_of[id(v)]] -= 1
+            for index in self._buckets_of[id(v)]:
+                self._pending[index] -= 1
         while self._next < len(self.bounds) and self._pending[self._next] == 0:
             self._start(self._next)
         for index, request in enumerate(self._requests):

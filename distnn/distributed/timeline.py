@@ -64,10 +64,13 @@ def phase(name: str) -> Any:
     return _NULL if _recorder is None else _Span(_recorder, name)
 
 
-def next_step() -> None:
-    """A training step begins: the following spans belong to it."""
+def next_step(data_since: int | None = None) -> None:
+    """A training step begins: the following spans belong to it; ``data_since`` (a
+    ``perf_counter_ns`` time) starts its data wait, which ends now."""
     if _recorder is not None:
         _recorder.next_step()
+        if data_since is not None:
+            _recorder.add("data", data_since, time.perf_counter_ns())
 
 
 def start(path: str, comm: Any, from_env: bool = False) -> Recorder:
