@@ -329,9 +329,10 @@ class MpiCommunicator(Communicator):
         """Advances one request of `start_sum` (MPI_Test); True once it is complete."""
         return request.Test()
 
-    def complete(self, requests: list, what: str) -> None:
-        """Completes requests of `start_sum` in the stall monitor's wait loop, as one collective `what`."""
-        self._monitor.begin(self._label, what)
+    def complete(self, requests: list, array: np.ndarray) -> None:
+        """Completes the requests of `start_sum` that sum parts of `array`, in the stall monitor's
+        wait loop, as one allreduce of `array`."""
+        self._monitor.begin(self._label, "allreduce", (array.dtype, array.shape))
         self._monitor.wait_all(requests)
         self._monitor.end()
 

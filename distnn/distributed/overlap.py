@@ -6,7 +6,8 @@ cutting it into contiguous buckets gives buckets that become final one after ano
 when the last variable of the next bucket is final the bucket's sum over the ranks starts as a
 non-blocking ``MPI_Iallreduce``, and every later report polls the transfers in flight with
 ``MPI_Testall``. After backward the main thread completes what is left in the stall monitor's wait
-loop, so stall reports and aborts work as for any collective.
+loop (reported as an ``allreduce`` of the gradient), so stall reports and aborts work as for any
+collective.
 
 Why ``Iallreduce`` polled from the backward walk, measured with 2 ranks on this 2-core machine
 (MPICH 4 wheel, shared memory; a 1-4 MiB float32 sum overlapped with 30 ms of GEMMs, medians of 10):
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import os
 import time
+import weakref
 from typing import Any
 
 import numpy as np
@@ -124,7 +126,7 @@ class BucketReducer:
         while self._next < len(self.bounds):
             self._start(self._next)
         waited = time.perf_counter_ns()
-        self.comm.complete(self._requests, "bucket allreduce")
+        self.comm.complete(self._requests, self.grads)
         if self._wire is not None:
             np.copyto(self.grads, self._wire)
         recorder = timeline.recorder()
@@ -145,6 +147,10 @@ class BucketReducer:
         self._next = index + 1
 
 
+# Each model's reducer with the settings it was made for; weak, so a model is not kept alive by it.
+_reducers: "weakref.WeakKeyDictionary[Any, tuple]" = weakref.WeakKeyDictionary()
+
+
 def step_reducer(model: Any, comm: Any) -> BucketReducer | None:
     """The model's bucket reducer for this step, or ``None`` for the blocking allreduce after
     backward: one process, overlap off, or gradient accumulation (which sums locally first)."""
@@ -153,7 +159,7 @@ def step_reducer(model: Any, comm: Any) -> BucketReducer | None:
     optimizer, horovod = model.optimizer, getattr(model, "_horovod", None)
     key = (id(comm), id(model.grads), optimizer.gradient_accumulation_steps,
            None if horovod is None else (horovod.overlap, horovod.bucket_bytes))
-    cached = getattr(model, "_bucket_reducer", None)
+    cached = _reducers.get(model)
     if cached is not None and cached[0] == key:
         return cached[1]
     overlap = overlap_from_env() if horovod is None or horovod.overlap is None else horovod.overlap
@@ -168,5 +174,5 @@ def step_reducer(model: Any, comm: Any) -> BucketReducer | None:
         gradient_comm = horovod.gradient_communicator(comm) if horovod is not None else comm
         reducer = BucketReducer(gradient_comm, model.grads, model._bound_variables,
                                 [size for _, size in model._segments], bucket_bytes)
-    model._bucket_reducer = (key, reducer)
+    _reducers[model] = (key, reducer)
     return reducer
