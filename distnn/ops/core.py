@@ -166,10 +166,8 @@ class Tape:
         wanted = {id(v): v for v in variables}
         first_writer: dict[int, int] = {}
         for index, node in enumerate(self.nodes):
-            layer = node.kwargs.get("layer") if node.vjp is not None and getattr(node.vjp, "exclusive_results",
-                                                                                 False) else None
-            if layer is not None:
-                for v in layer._variables:
+            if getattr(node.vjp, "writes_layer_variables", False):
+                for v in node.kwargs["layer"]._variables:
                     first_writer.setdefault(id(v), index)
             for parent in node.parents:
                 watched = parent[-1].watched_variable
