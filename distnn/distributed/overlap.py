@@ -78,7 +78,7 @@ class BucketReducer:
     """
 
     def __init__(self, comm: Any, grads: np.ndarray, variables: list, sizes: list[int], bucket_bytes: int) -> None:
-        self.comm, self.grads, self.variables = comm, grads, variables
+        self.comm, self.grads = comm, grads
         # Equal slices of the buffer, cutting through variables: a bucket is final once every
         # variable overlapping it is. Slices, rather than whole variables, keep each transfer in
         # the size range where MPI_Iallreduce is fast (a large first-layer kernel would be one
@@ -95,7 +95,7 @@ class BucketReducer:
                 counts[index] += 1
             offset += size
         self._counts = counts
-        wire_dtype = comm.compression.wire_dtype(grads.dtype) if comm.size > 1 else grads.dtype
+        wire_dtype = comm.compression.wire_dtype(grads.dtype)
         self._wire = None if wire_dtype == grads.dtype else comm.buffer("bucket-wire", wire_dtype, grads.size)
         self._pending: list[int] = []
         self._requests: list[Any] = []
@@ -157,8 +157,8 @@ def step_reducer(model: Any, comm: Any) -> BucketReducer | None:
     if comm.size == 1:
         return None
     optimizer, horovod = model.optimizer, getattr(model, "_horovod", None)
-    key = (id(comm), id(model.grads), optimizer.gradient_accumulation_steps,
-           None if horovod is None else (horovod.overlap, horovod.bucket_bytes))
+    key = (id(comm), id(model.grads), optimizer.gradient_accumulation_steps, os.environ.get(OVERLAP_ENV),
+           os.environ.get(BUCKET_ENV), None if horovod is None else (horovod.overlap, horovod.bucket_bytes))
     cached = _reducers.get(model)
     if cached is not None and cached[0] == key:
         return cached[1]
