@@ -55,6 +55,18 @@ def test_sequential_and_batchnorm_models_with_tiny_buckets_train_like_one_proces
 
 
 @pytest.mark.mpi
+def test_empty_shard_with_batchnorm_and_tiny_buckets(tmp_path):
+    """A rank without samples in the last step joins BatchNormalization's collective outside
+    backward, the others inside it after some buckets have started: the buckets' own communicator
+    keeps the two orders from mixing."""
+    args = ["--samples", "10", "--batch-size", "4", "--model", "cnn-bn"]
+    reference = run(PARITY, tmp_path / "one.npz", *args)
+    result = run(PARITY, tmp_path / "three.npz", *args, n=3)  # the last step's 2 samples on 3 ranks
+    assert_same_training(reference, result, TOLERANCE)
+    assert int(result["identical_checks"]) == 2
+
+
+@pytest.mark.mpi
 @pytest.mark.parametrize("n", [2, 4])
 def test_functional_model_with_tiny_buckets_trains_like_one_process(references, tmp_path, n):
     result = run(MODELS_PARITY, tmp_path / "out.npz", "--model", "resnet", "--learning-rate", "1e-3", n=n)

@@ -18,7 +18,7 @@ after it); polled with ``MPI_Test`` between GEMMs it is completely hidden (35.6 
 the interpreter lock); MPICH's own progress thread (``MPIR_CVAR_ASYNC_PROGRESS=1``) spins a core
 and made every variant slower (48 ms).
 
-Buckets always start in index order on every rank (a bucket that is final before the one before it
+Buckets travel on a communicator of their own and always start in index order on every rank (a bucket that is final before the one before it
 waits), because MPI collectives on one communicator must be issued in the same order everywhere.
 The summed values do not depend on the bucket size: each element is the same sum over ranks.
 """
@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from distnn.distributed import timeline
+from distnn.distributed.communicator import create_communicator
 from distnn.distributed.ring import parse_bytes
 
 OVERLAP_ENV = "DISTNN_OVERLAP"
@@ -172,7 +173,12 @@ def step_reducer(model: Any, comm: Any) -> BucketReducer | None:
     reducer = None
     if overlap and (optimizer.gradient_accumulation_steps or 1) == 1:
         gradient_comm = horovod.gradient_communicator(comm) if horovod is not None else comm
-        reducer = BucketReducer(gradient_comm, model.grads, model._bound_variables,
+        # The buckets get a communicator of their own: collectives issued during backward (synchronized
+        # BatchNormalization's) come after some buckets on ranks with samples, but before all of them on
+        # a rank whose shard is empty (it runs no backward); on one communicator they would mismatch.
+        bucket_comm = create_communicator(gradient_comm.name, comm=gradient_comm.comm,
+                                          compression=gradient_comm.compression)
+        reducer = BucketReducer(bucket_comm, model.grads, model._bound_variables,
                                 [size for _, size in model._segments], bucket_bytes)
     _reducers[model] = (key, reducer)
     return reducer
