@@ -214,3 +214,20 @@ def test_the_tape_reports_each_gradient_once_it_is_final():
         np.testing.assert_array_equal(seen[id(v)], v.grad)
     assert not np.isnan(model.grads).any()
     assert not np.any(unused.kernel.grad) and np.any(shared.kernel.grad)
+
+
+def test_anatomy_counts_only_communication_outside_forward_and_backward(tmp_path):
+    def span(name, ts, dur, cat="main"):
+        return {"name": name, "cat": cat, "ph": "X", "pid": 0, "tid": int(cat != "main"), "ts": ts, "dur": dur,
+                "args": {"step": 0}}
+
+    spans = [span("forward", 0, 10), span("backward", 10, 20), span("bucket 0", 20, 15, "allreduce"),
+             span("bucket 1", 25, 20, "allreduce"), span("allreduce wait", 30, 15), span("optimizer", 45, 5)]
+    parts = anatomy.step_anatomy(spans)
+    assert parts["communication"] == 25  # the union of [20, 35] and [25, 45]
+    assert parts["exposed"] == 15  # [30, 45]: after backward
+    assert parts["step"] == 50 and parts["backward"] == 20 and parts["allreduce wait"] == 15
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"traceEvents": spans + [span("backward", 60, 5) | {"args": {"step": 1}}]}))
+    assert sorted(anatomy.steps(anatomy.load(str(path)))) == [(0, 0), (0, 1)]
+    assert "overlap hides 40% of the gradient allreduce" in anatomy.report(str(path), skip=0)
