@@ -289,6 +289,8 @@ def _fused_vjp(node: Any, grad: Any) -> tuple:
 
 # A fused backward writes dL/dx into the layer's own scratch (after copying a gradient it does not own).
 _fused_vjp.exclusive_results = True
+# It writes the gradients of ``node.kwargs["layer"]``'s variables itself (the tape's final-gradient reports).
+_fused_vjp.writes_layer_variables = True
 
 
 class Layer:
