@@ -570,7 +570,7 @@ class TrainingMixin:
         # pass different batches train on their concatenation (own-shard mode, Horovod's loops).
         agreement = consistency.check_ranks_agree(
             comm, "train_on_batch", data={"x": x, "y": ys, "sample_weight": sample_weight},
-            settings={"class_weight": class_weight, **self._compiled_settings()},
+            settings={"class_weight": class_weight, **self._compiled_settings(), **overlap.agreed_settings(self)},
             own_data=(("x", "y", "sample_weight"),))
         sample_weight = self._class_sample_weights(ys, class_weight, sample_weight)
         if self._synced_with is not comm:

@@ -90,7 +90,8 @@ def test_ranks_must_agree_on_overlap(tmp_path):
     proc = run_command([mpiexec, "-n", "1", "-env", "DISTNN_OVERLAP", "1", *script, ":",
                         "-n", "1", "-env", "DISTNN_OVERLAP", "0", *script], timeout=90, check=False)
     assert proc.returncode != 0
-    assert "Every rank must use the same DISTNN_OVERLAP" in proc.stdout + proc.stderr
+    assert ("Ranks disagree on gradient buckets (DISTNN_OVERLAP, DISTNN_BUCKET_BYTES): rank 0 has (True, 1048576), "
+            "rank 1 has (False, 1048576) (in fit())") in proc.stdout + proc.stderr
 
 
 def spans_by_step(trace: dict) -> dict:

@@ -152,6 +152,22 @@ class BucketReducer:
 _reducers: "weakref.WeakKeyDictionary[Any, tuple]" = weakref.WeakKeyDictionary()
 
 
+def _settings(model: Any) -> tuple[bool, int]:
+    """``(overlap, bucket_bytes)`` in effect for ``model``: its ``DistributedOptimizer``'s, else the environment's."""
+    horovod = getattr(model, "_horovod", None)
+    overlap = overlap_from_env() if horovod is None or horovod.overlap is None else horovod.overlap
+    bucket_bytes = bucket_bytes_from_env() if horovod is None or horovod.bucket_bytes is None else horovod.bucket_bytes
+    return overlap, bucket_bytes
+
+
+def agreed_settings(model: Any) -> dict:
+    """The settings ranks must agree on, for ``fit``'s and ``train_on_batch``'s consistency check
+    (its one digest exchange): a rank reducing in buckets and one that does not issue different
+    collectives."""
+    overlap, bucket_bytes = _settings(model)
+    return {f"gradient buckets ({OVERLAP_ENV}, {BUCKET_ENV})": (overlap, bucket_bytes)}
+
+
 def step_reducer(model: Any, comm: Any) -> BucketReducer | None:
     """The model's bucket reducer for this step, or ``None`` for the blocking allreduce after
     backward: one process, overlap off, or gradient accumulation (which sums locally first)."""
@@ -163,13 +179,7 @@ def step_reducer(model: Any, comm: Any) -> BucketReducer | None:
     cached = _reducers.get(model)
     if cached is not None and cached[0] == key:
         return cached[1]
-    overlap = overlap_from_env() if horovod is None or horovod.overlap is None else horovod.overlap
-    bucket_bytes = bucket_bytes_from_env() if horovod is None or horovod.bucket_bytes is None else horovod.bucket_bytes
-    # Ranks must agree: one that reduces in buckets and one that does not issue different collectives.
-    settings = comm.allgather_obj((overlap, bucket_bytes))
-    if len(set(settings)) != 1:
-        raise ValueError(f"Every rank must use the same {OVERLAP_ENV} and {BUCKET_ENV} (or DistributedOptimizer "
-                         f"overlap/bucket_bytes). Received (overlap, bucket bytes) per rank: {settings}")
+    overlap, bucket_bytes = _settings(model)  # the ranks agreed on them (agreed_settings)
     reducer = None
     if overlap and (optimizer.gradient_accumulation_steps or 1) == 1:
         gradient_comm = horovod.gradient_communicator(comm) if horovod is not None else comm
