@@ -3,7 +3,9 @@ tape measurements are consistent: recording costs more than not recording, and o
 the residual model records one node per layer call and per skip."""
 import re
 
-from conftest import run_python
+import pytest
+
+from conftest import run_mpi, run_python
 
 
 def test_bench_resnet_reports_throughput_and_tape_costs():
@@ -20,3 +22,14 @@ def test_bench_resnet_reports_throughput_and_tape_costs():
     assert costs["backward per node"] > 0, costs
     # Stem (conv, BN, ReLU) + 2 blocks x (conv, BN, ReLU, conv, BN, add, ReLU) + pooling + Dense.
     assert "one training step records 19 nodes" in out, out
+
+
+@pytest.mark.mpi
+def test_bench_scaling_prints_the_global_rate_and_writes_a_timeline(tmp_path):
+    args = ["benchmarks/bench_scaling.py", "--model", "cnn", "--batch-size", "16", "--samples", "64", "--repeats", "1"]
+    one = run_python(args, timeout=120).stdout
+    assert re.fullmatch(r"model=cnn ranks=1 batch=16 overlap=1 samples/s=[1-9]\d*\n", one), one
+    two = run_mpi(2, [*args, "--overlap", "off", "--timeline", str(tmp_path / "t.json")], timeout=180).stdout
+    assert re.fullmatch(r"model=cnn ranks=2 batch=16 overlap=0 samples/s=[1-9]\d*\n", two), two  # rank 0 only
+    anatomy = run_python(["-m", "distnn.bench", "anatomy", str(tmp_path / "t.json")], timeout=60).stdout
+    assert re.search(r"^\s+steps \|\s+\d+ \|\s+\d+$", anatomy, flags=re.M), anatomy  # both ranks' steps
