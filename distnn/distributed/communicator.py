@@ -201,6 +201,7 @@ class SingleProcessCommunicator(Communicator):
     size = property(lambda self: 1)
     local_rank = property(lambda self: 0)
     local_size = property(lambda self: 1)
+    cross_rank, cross_size, is_homogeneous = 0, 1, True
 
     def _allreduce(self, flat: np.ndarray, op: str) -> None:
         raise AssertionError("unreachable: Communicator.allreduce skips the transfer when size is 1")
@@ -264,14 +265,20 @@ class MpiCommunicator(Communicator):
         node = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.comm.rank)
         self._local_rank, self._local_size = node.rank, node.size
         node.Free()
+        # Horovod's cross communicator: the ranks with this local rank, one per node.
+        cross = self.comm.Split(self._local_rank, key=self.comm.rank)
+        self.cross_rank, self.cross_size = cross.rank, cross.size
+        cross.Free()
         self._rank, self._size = self.comm.rank, self.comm.size
-        # More ranks than cores on some node: MPI's busy-polling waits then take turns on
-        # the cores, so every extra message round costs a scheduler time slice. Decided
-        # collectively because the algorithms that depend on it must agree on all ranks.
-        flag = np.array([self._local_size > (os.cpu_count() or 1)], np.int32)
-        monitor.wait(self.comm.Iallreduce(MPI.IN_PLACE, flag, op=MPI.MAX))
+        # [local size, -local size, more ranks than cores]: reduced with MAX, the largest and
+        # smallest node and whether some node is oversubscribed. There MPI's busy-polling waits
+        # take turns on the cores, so every extra message round costs a scheduler time slice;
+        # decided collectively because the algorithms that depend on it must agree on all ranks.
+        layout = np.array([self._local_size, -self._local_size, self._local_size > (os.cpu_count() or 1)], np.int64)
+        monitor.wait(self.comm.Iallreduce(MPI.IN_PLACE, layout, op=MPI.MAX))
         monitor.end()
-        self.oversubscribed = bool(flag[0])
+        self.oversubscribed = bool(layout[2])
+        self.is_homogeneous = bool(layout[0] == -layout[1])  # every node runs as many ranks
         self._buffers: dict[tuple[str, np.dtype], np.ndarray] = {}
         # Looked up on every call, so computed once: small allreduces are latency-bound.
         self._wire_dtypes = {dtype: self.compression.wire_dtype(dtype) for dtype in ALLREDUCE_DTYPES}

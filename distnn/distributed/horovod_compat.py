@@ -10,7 +10,6 @@ data-parallel modes").
 """
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import numpy as np
@@ -19,7 +18,6 @@ from distnn.distributed import compression as compression_lib
 from distnn.distributed import world
 from distnn.distributed.optimizer import DistributedOptimizer, check_op, join as _join
 
-_topology: dict[int, tuple[int, int, bool]] = {}  # id(communicator) -> (cross_rank, cross_size, homogeneous)
 
 
 def init(*args: Any, comm: Any = None, process_sets: Any = None, **kwargs: Any) -> Any:
@@ -36,10 +34,7 @@ def init(*args: Any, comm: Any = None, process_sets: Any = None, **kwargs: Any) 
     if comm is not None or process_sets is not None:
         raise ValueError("distnn runs every rank in one job: init(comm=...) and init(process_sets=...) are not "
                          f"supported. Received: comm={comm!r}, process_sets={process_sets!r}")
-    communicator = world.init(*args, **kwargs)  # refuses horovodrun's Gloo mode (launch_env)
-    _topology.pop(id(communicator), None)
-    _node_layout(communicator)  # collective: computed here, where every rank calls
-    return communicator
+    return world.init(*args, **kwargs)  # refuses horovodrun's Gloo mode (launch_env)
 
 
 def shutdown() -> None:
@@ -48,33 +43,21 @@ def shutdown() -> None:
     world.get_communicator().barrier()
 
 
-def _node_layout(comm: Any) -> tuple[int, int, bool]:
-    """(this node's index, number of nodes, whether every node runs as many ranks); one gather."""
-    if id(comm) not in _topology:
-        if comm.size == 1:
-            _topology[id(comm)] = (0, 1, True)
-        else:
-            hosts = comm.allgather_obj((socket.gethostname(), comm.local_size))
-            nodes = list(dict.fromkeys(host for host, _ in hosts))
-            _topology[id(comm)] = (nodes.index(hosts[comm.rank][0]), len(nodes),
-                                   len({count for _, count in hosts}) == 1)
-    return _topology[id(comm)]
-
-
 def cross_rank() -> int:
-    """The index of this rank's node (Horovod: the rank among the ranks with this local rank).
-    Collective the first time if ``init`` did not compute it: call it on every rank."""
-    return _node_layout(world.get_communicator())[0]
+    """Horovod's cross rank: this rank's index among the ranks with its local rank (one per node;
+    its node's index on homogeneous nodes). Computed when the communicator was made, from MPI's
+    shared-memory split, never from host names; a query, never a collective."""
+    return world.get_communicator().cross_rank
 
 
 def cross_size() -> int:
-    """The number of nodes (collective the first time, like ``cross_rank``)."""
-    return _node_layout(world.get_communicator())[1]
+    """The number of ranks with this local rank (the number of nodes on homogeneous nodes)."""
+    return world.get_communicator().cross_size
 
 
 def is_homogeneous() -> bool:
-    """Whether every node runs the same number of ranks (collective the first time)."""
-    return _node_layout(world.get_communicator())[2]
+    """Whether every node runs the same number of ranks."""
+    return world.get_communicator().is_homogeneous
 
 
 def mpi_threads_supported() -> bool:

@@ -5,7 +5,8 @@ Usage: mpiexec -n N python comm_hierarchical.py EXPECTED_NODES
 
 Checks, on every rank: the node layout (from the shared-memory split); exact sums and averages of
 integer-valued data of many lengths (bit-identical to numpy's); random floats equal to the flat
-sum to float rounding and bit-identical on every rank; fp16 compression; `auto`'s choice. Any
+sum to float rounding and bit-identical on every rank; fp16 compression; `auto`'s choice; Horovod's
+cross rank and size. Any
 failed check raises, which distnn turns into an abort. Each rank prints one "OK" line.
 """
 import sys
@@ -35,6 +36,10 @@ check(hier.nodes == EXPECTED_NODES, f"nodes={hier.nodes}, expected {EXPECTED_NOD
 check((hier.rank, hier.size) == (RANK, N), "rank/size")
 layout = hier.allgather_obj((hier.local_rank, hier.local_size))
 check(sum(1 for local_rank, _ in layout if local_rank == 0) == EXPECTED_NODES, f"node leaders {layout}")
+# Horovod's cross layout, from the same split: one rank per node shares each local rank.
+node_of = [sum(1 for local_rank, _ in layout[:r + 1] if local_rank == 0) - 1 for r in range(N)]
+check((dist.cross_rank(), dist.cross_size(), dist.is_homogeneous()) == (node_of[RANK], EXPECTED_NODES, True),
+      f"cross rank/size/homogeneous {(dist.cross_rank(), dist.cross_size(), dist.is_homogeneous())}, layout {layout}")
 auto = create_communicator("auto")
 want_hier = EXPECTED_NODES > 1 and max(size for _, size in layout) > 1
 check(isinstance(auto, HierarchicalCommunicator) == want_hier,
