@@ -15,6 +15,28 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--device", choices=("cpu", "strict"), default=None,
+                     help="array device for the suite and the processes it starts (sets DISTNN_DEVICE); "
+                          "'strict' is the GPU stand-in that refuses implicit host conversion")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "host_only(reason): needs host numpy arrays; skipped under --device=strict")
+    device = config.getoption("--device")
+    if device is not None:  # before distnn picks its device; children inherit it through os.environ
+        os.environ["DISTNN_DEVICE"] = device
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    if os.environ.get("DISTNN_DEVICE") != "strict":
+        return
+    for item in items:
+        marker = item.get_closest_marker("host_only")
+        if marker is not None:
+            item.add_marker(pytest.mark.skip(reason=f"host_only under --device=strict: {marker.args[0]}"))
+
+
 def find_mpiexec() -> str | None:
     """The mpiexec beside this interpreter (the embedded MPICH wheel), else the one on PATH."""
     beside = Path(sys.executable).parent / "mpiexec"
