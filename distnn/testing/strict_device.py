@@ -243,9 +243,8 @@ class _StrictCallable:
 def _upload(data: Any, dtype: Any = None, copy: bool = False, **kwargs: Any) -> StrictArray:
     """``asarray`` / ``array``: host data is uploaded (counted); a strict array stays on the device."""
     if type(data) is StrictArray:
-        array = data._array.astype(dtype, copy=copy) if dtype is not None else (
-            data._array.copy() if copy else data._array)
-        return StrictArray(np.asarray(array, **kwargs))
+        array = np.array(data._array, dtype=dtype, copy=copy or None, **kwargs)
+        return data if array is data._array else StrictArray(array)
     host = np.array(_unwrap_nested_strict(data), dtype=dtype, copy=True, **kwargs)
     _count("host_to_device", host.nbytes)
     return StrictArray(host)
