@@ -24,7 +24,7 @@ STEPS = 8
 
 
 def all_equal(array):
-    gathered = dist.allgather_object(np.asarray(array).copy())
+    gathered = dist.allgather_object(backend.to_numpy(array).copy())
     return all(np.array_equal(g, gathered[0]) for g in gathered)
 
 
