@@ -12,9 +12,9 @@ from distnn.testing import strict_device
 from test_distributed_training import PARITY, assert_same_training
 
 
-def parity_run(out, *args, n: int | None = None, device: str = "strict") -> dict:
+def parity_run(out, *args, n: int | None = None, device: str = "strict", collectives: str = "host") -> dict:
     """train_parity.py alone (``n=None``) or on ``n`` ranks on ``device``; what rank 0 saved."""
-    env = subprocess_env(DISTNN_DEVICE=device, DISTNN_DEVICE_COLLECTIVES="auto" if device == "cpu" else "host")
+    env = subprocess_env(DISTNN_DEVICE=device, DISTNN_DEVICE_COLLECTIVES=collectives)
     argv = [PARITY, str(out), *args]
     (run_python(argv, timeout=120, env=env) if n is None else run_mpi(n, argv, timeout=120, env=env))
     with np.load(out) as saved:

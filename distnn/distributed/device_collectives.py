@@ -88,7 +88,7 @@ def allreduce(comm: Any, array: Any, op: str) -> Any:
         array.set(host)
         return array
     if path == "nccl":
-        _nccl(comm).allreduce(array)
+        nccl_communicator(comm).allreduce(array)
     else:
         _cuda_aware(comm, "allreduce", array)
     if op == "average":
@@ -103,7 +103,7 @@ def bcast(comm: Any, array: Any, root: int) -> Any:
         comm.bcast(host, root=root)
         array.set(host)
     elif path == "nccl":
-        _nccl(comm).bcast(array, root)
+        nccl_communicator(comm).bcast(array, root)
     else:
         _cuda_aware(comm, "bcast", array, root)
     return array
@@ -179,7 +179,8 @@ class _NcclCommunicator:
         self._comm.bcast(array.data.ptr, array.nbytes, self._nccl.NCCL_CHAR, root, stream.ptr)
 
 
-def _nccl(comm: Any) -> _NcclCommunicator:
+def nccl_communicator(comm: Any) -> _NcclCommunicator:
+    """The NCCL communicator spanning `comm`'s ranks, created on first use (a collective: all ranks call it)."""
     nccl = _nccl_by_communicator.get(comm)
     if nccl is None:
         nccl = _nccl_by_communicator[comm] = _NcclCommunicator(comm)
