@@ -93,7 +93,10 @@ def _upload_index(key: Any) -> Any:
 
 
 class StrictArray(NDArrayOperatorsMixin):
-    """A 'device' array: a numpy array that converts to host only explicitly (see the module doc)."""
+    """A 'device' array: a numpy array that converts to host only explicitly (see the module doc).
+
+    Its ``__name__`` is ``ndarray``, as cupy's is, so messages that name an argument's type read the same.
+    """
 
     __slots__ = ("_array",)
     __hash__ = None  # type: ignore[assignment]
@@ -215,6 +218,9 @@ class StrictArray(NDArrayOperatorsMixin):
         if callable(attribute):
             return _StrictCallable(attribute, f"ndarray.{name}")
         return _wrap(attribute)
+
+
+StrictArray.__name__ = "ndarray"
 
 
 def _rebuild(host: np.ndarray) -> StrictArray:
