@@ -128,8 +128,8 @@ class Tape:
         ``seeds_owned``: the seed arrays are the caller's to give away (fused layers may overwrite them).
         """
         for tensor, grad in seeds:
-            if isinstance(tensor, Tensor) and tensor.tape is self:  # a host seed is uploaded (a no-op on the CPU)
-                accumulate(tensor, backend.to_device(grad), seeds_owned)
+            if isinstance(tensor, Tensor) and tensor.tape is self:  # a host seed of a device value is uploaded
+                accumulate(tensor, backend.get_array_module(tensor.value).asarray(grad), seeds_owned)
         for node in reversed(self.nodes):
             grad = node.grad
             if grad is None:
