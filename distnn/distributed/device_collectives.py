@@ -31,7 +31,7 @@ from distnn import backend
 
 PATHS = ("auto", "nccl", "cuda_aware", "host")
 _nccl_by_communicator: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
-_staging: dict[tuple[int, str], np.ndarray] = {}
+_staging: dict[tuple[int, str], np.ndarray] = {}  # (id of the communicator, dtype) -> reused host buffer
 
 
 def requested_path() -> str:
@@ -57,8 +57,8 @@ def mpi_is_cuda_aware(mpi: Any) -> bool:
     return bool(function())
 
 
-def choose_path(comm: Any, collective: str = "allreduce") -> str:
-    """The path this communicator uses for a device array (``allgather`` with ragged lengths is always staged)."""
+def choose_path(comm: Any) -> str:
+    """The path this communicator's ``allreduce`` and ``bcast`` take for a device array."""
     path = requested_path()
     on_gpu = backend.device() == "gpu"
     if path in ("nccl", "cuda_aware") and not on_gpu:
@@ -68,7 +68,7 @@ def choose_path(comm: Any, collective: str = "allreduce") -> str:
     if path == "cuda_aware" and not plain_mpi:
         raise ValueError("DISTNN_DEVICE_COLLECTIVES=cuda_aware needs the 'mpi' communicator without compression. "
                          f"Received: communicator={comm!r}")
-    if collective == "allgather" or not on_gpu:
+    if not on_gpu:
         return "host"
     if path != "auto":
         return path
