@@ -190,7 +190,7 @@ class StrictArray(NDArrayOperatorsMixin):
         return _wrap(self._array[_upload_index(key)])
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        if isinstance(value, np.ndarray) and type(value) is not StrictArray:
+        if isinstance(value, np.ndarray):
             _count("host_to_device", value.nbytes)
         elif type(value) is StrictArray:
             value = value._array
