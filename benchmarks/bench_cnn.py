@@ -117,6 +117,23 @@ def distnn_time_split(x: np.ndarray, y: np.ndarray, batch_size: int) -> dict[str
     return split
 
 
+def add_distributed_options(parser: argparse.ArgumentParser) -> None:
+    """``--overlap``, ``--bucket-bytes`` and ``--timeline``: the data-parallel step's settings."""
+    parser.add_argument("--overlap", choices=("on", "off"), default=None,
+                        help="sum gradient buckets during backward (on) or after it (off); default: DISTNN_OVERLAP")
+    parser.add_argument("--bucket-bytes", default=None, help="gradient bucket size, e.g. 1M (DISTNN_BUCKET_BYTES)")
+    parser.add_argument("--timeline", default=None, help="write a timeline of the run here (DISTNN_TIMELINE); "
+                        "summarise it with distnn-bench anatomy")
+
+
+def apply_distributed_options(args: argparse.Namespace) -> None:
+    """Sets the environment variables the options stand for (before fit reads them)."""
+    for value, variable in ((args.overlap and str(int(args.overlap == "on")), "DISTNN_OVERLAP"),
+                            (args.bucket_bytes, "DISTNN_BUCKET_BYTES"), (args.timeline, "DISTNN_TIMELINE")):
+        if value is not None:
+            os.environ[variable] = value
+
+
 def bench_torch(x: np.ndarray, y: np.ndarray, batch_size: int, epochs: int) -> tuple[float, float] | None:
     try:
         import torch
@@ -149,7 +166,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="alternate the frameworks this many times and keep each one's best")
     parser.add_argument("--layers", action="store_true", help="also print distnn's time per layer")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+    add_distributed_options(parser)
     args = parser.parse_args(argv)
+    apply_distributed_options(args)
 
     x, y = load(args.data, args.samples)
     ours: tuple[float, float] = (0.0, 0.0)

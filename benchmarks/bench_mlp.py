@@ -5,6 +5,7 @@ data, one BLAS/OpenMP thread. All figures are measured side by side in this one 
 
     python benchmarks/bench_mlp.py                  # single process, 1 thread
     mpiexec -n 2 python benchmarks/bench_mlp.py --batch-size 256 --no-torch   # data-parallel scaling
+    mpiexec -n 2 python benchmarks/bench_mlp.py --batch-size 256 --no-torch --overlap off --timeline t.json
 
 Prints samples/s for each framework, the ratio distnn / PyTorch, the single-thread float32 GEMM
 rate and the fraction of it that distnn's training reaches, counting the nominal 6 × 669,706
@@ -25,7 +26,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 import torch_reference  # noqa: E402 - beside this script
-from bench_cnn import Clock  # noqa: E402 - beside this script
+from bench_cnn import Clock, add_distributed_options, apply_distributed_options  # noqa: E402 - beside this script
 
 SIZES = (784, 512, 512, 10)
 PARAMS = sum(a * b + b for a, b in zip(SIZES[:-1], SIZES[1:]))  # 669,706
@@ -107,7 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per framework; the best counts")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+    add_distributed_options(parser)
     args = parser.parse_args(argv)
+    apply_distributed_options(args)
 
     from distnn import distributed
 

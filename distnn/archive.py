@@ -146,6 +146,15 @@ class ZipStreamWriter:
     def write_json(self, name: str, value: Any) -> None:
         self.write_bytes(name, json.dumps(value, indent=1).encode())
 
+    def write_file(self, name: str, source: Any) -> None:
+        """Copy the binary file object ``source`` from its start into the member ``name``, chunk by
+        chunk (no file-sized buffer)."""
+        size = source.seek(0, os.SEEK_END)
+        source.seek(0)
+        with self._member(name, size) as stream:
+            while chunk := source.read(_HASH_CHUNK):
+                stream.write(chunk)
+
     def write_npz(self, name: str, arrays: Iterable[tuple[str, Any]]) -> None:
         """A nested ``.npz`` member holding ``arrays`` (host or device), written one array at a time:
         only one host copy of one device array exists at any moment."""
@@ -358,6 +367,24 @@ class ArchiveReader:
 
     def read_json(self, name: str, limit: int = MAX_JSON_BYTES) -> Any:
         return parse_json(self.read_bytes(name, limit), f"{self.path}: {name}")
+
+    def member_size(self, name: str) -> int:
+        return self._members[name].size
+
+    def verify_member(self, name: str) -> None:
+        """Check a member's CRC-32, reading it in chunks (no member-sized buffer)."""
+        member = self._members[name]
+        buffer = memoryview(bytearray(min(_HASH_CHUNK, member.size)))
+        crc = 0
+        for begin in range(0, member.size, _HASH_CHUNK):
+            crc = self._read_range(member.offset + begin, buffer[:min(_HASH_CHUNK, member.size - begin)], crc)
+        if crc != member.crc:
+            raise self.error(f"{name} is damaged (CRC mismatch)")
+
+    def member_stream(self, name: str) -> io.BufferedReader:
+        """A read-only, seekable stream of a stored member's bytes, confined to that member."""
+        member = self._members[name]
+        return io.BufferedReader(_Window(self._file, member.offset, member.size))
 
     def digest(self, name: str) -> str:
         """SHA-256 of a member, read in chunks."""

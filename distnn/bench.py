@@ -3,6 +3,7 @@
 ```
 distnn-bench allreduce -np 2                       # 4 KiB .. 256 MiB, ring/mpi/auto vs the mpi backend
 distnn-bench allreduce -np 4 --sizes 1M,64M --backends ring --compression fp16
+distnn-bench anatomy timeline.json                 # a DISTNN_TIMELINE file: each phase's share of a step
 ```
 
 A subcommand that takes `-np N` and is started outside MPI re-launches itself with the
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distnn.distributed import create_communicator, launched_by_mpi
+from distnn.distributed import anatomy, create_communicator, launched_by_mpi
 from distnn.distributed.ring import parse_bytes
 
 ALLREDUCE_BACKENDS = ("ring", "mpi", "auto")
@@ -237,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distnn-bench", description=__doc__.split("\n\n")[0])
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_allreduce(subparsers)
+    anatomy.add_parser(subparsers)
     return parser
 
 

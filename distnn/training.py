@@ -9,6 +9,7 @@ a stop flag riding along), so logs, History and callbacks see global values on e
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ import warnings
 
 from distnn import arguments, backend, compile_utils, data, optimizers, training_inputs
 from distnn.callbacks import CallbackList, History, ProgbarLogger
-from distnn.distributed import consistency
+from distnn.distributed import consistency, overlap, timeline
 from distnn.distributed.optimizer import reduce_and_apply
 from distnn.layers.base import _fused_vjp
 from distnn.ops import symbolic
@@ -265,8 +266,10 @@ class TrainingMixin:
     def _penalty(self) -> float:
         return sum(v.regularizer.penalty(v.value) for v in self._regularized)
 
-    def _local_gradients(self, x: Any, ys: list, weights: Any, global_count: int) -> np.ndarray:
-        """Fill ``self.grads`` with this shard's share of the step's mean gradient; return its metric states."""
+    def _local_gradients(self, x: Any, ys: list, weights: Any, global_count: int,
+                         reducer: overlap.BucketReducer | None = None) -> np.ndarray:
+        """Fill ``self.grads`` with this shard's share of the step's mean gradient; return its metric states.
+        A ``reducer`` starts summing buckets of it over the ranks while backward runs."""
         local_count = len(ys[0]) if ys else 0
         if not local_count:  # an empty shard in a ragged last step still joins the collectives
             self.grads[...] = 0
@@ -277,14 +280,18 @@ class TrainingMixin:
                 layer.empty_shard_backward()
             return np.zeros(self._state_size())
         tape = Tape()
-        with tape:
+        with timeline.phase("forward"), tape:
             outputs = self._flat_outputs(self(x, training=True))
         seeds = [(output, self._output_gradient(tape, spec, output, y, weights, global_count))
                  for spec, output, y in zip(self._outputs, outputs, ys) if spec.loss is not None]
         share = local_count / global_count  # an added loss is a batch mean: weight it by the shard's share
         xp = backend.get_array_module(self.grads)
         seeds += [(loss, xp.full((), share, dtype=self.grads.dtype)) for loss in self.losses if isinstance(loss, Tensor)]
-        tape.backward(seeds, seeds_owned=True)
+        with timeline.phase("backward"):
+            if reducer is None:
+                tape.backward(seeds, seeds_owned=True)
+            else:
+                tape.backward(seeds, seeds_owned=True, on_final=reducer.on_final, variables=self._bound_variables)
         for v in self._bound_variables:  # weights the forward did not reach get a zero gradient
             if id(v) not in tape.touched:
                 v.grad[...] = 0
@@ -297,11 +304,17 @@ class TrainingMixin:
     def _train_step(self, x: Any, ys: list, weights: Any, global_count: int, comm: Any) -> np.ndarray:
         """One data-parallel step on this rank's shard; returns the step's global metric states
         followed by the number of ranks that asked to stop."""
-        states = np.append(self._local_gradients(x, ys, weights, global_count), float(self.stop_requested))
-        if reduce_and_apply(self, comm):  # False while gradients accumulate
+        reducer = overlap.step_reducer(self, comm)
+        if reducer is not None:
+            reducer.begin()
+        states = np.append(self._local_gradients(x, ys, weights, global_count, reducer), float(self.stop_requested))
+        if reduce_and_apply(self, comm, reducer):  # False while gradients accumulate
             for v in self._constrained:  # as Keras: each variable's constraint after every update
                 v.value[...] = v.constraint(v.value)
-        return comm.allreduce(states, op="sum") if comm.size > 1 else states
+        if comm.size == 1:
+            return states
+        with timeline.phase("metrics allreduce"):
+            return comm.allreduce(states, op="sum")
 
     def compute_gradients(self, x: Any, y: Any, sample_weight: Any = None) -> tuple[float, np.ndarray]:
         """Loss and gradient of this process's batch ``(x, y)`` without updating the weights.
@@ -397,6 +410,7 @@ class TrainingMixin:
             {"epochs": epochs, "validation_freq": validation_freq, "initial_epoch": initial_epoch}, self._horovod)
         plan = inputs.plan
         self._sync_replicas(comm)
+        timeline.start_from_env(comm)
         # One shuffling seed for the whole run, drawn on rank 0: every rank derives the same order.
         self._data_seed = comm.bcast_obj(int(global_rng().integers(2**31)), root=0)
 
@@ -433,6 +447,7 @@ class TrainingMixin:
         if epochs > initial_epoch and not self._stop_now:  # Keras 3: use_ema ends on the moving average
             self.optimizer.finalize_variable_values(self.params)
         cb.on_train_end()
+        timeline.write_from_env(comm)
         return self.history
 
     @property
@@ -443,8 +458,15 @@ class TrainingMixin:
     def _run_epoch(self, plan: Any, comm: Any, cb: CallbackList) -> dict:
         progress = self.progress
         logs = self._logs_from(progress.totals) if progress.step else {}
-        for step in plan.epoch(self._data_seed, progress.epoch, progress.step):
-            cb.on_train_batch_begin(step.index)
+        steps = iter(plan.epoch(self._data_seed, progress.epoch, progress.step))
+        while True:
+            waited_from = time.perf_counter_ns()
+            step = next(steps, None)
+            if step is None:
+                break
+            timeline.next_step(data_since=waited_from)  # the data wait belongs to the step it feeds
+            with timeline.phase("callbacks"):
+                cb.on_train_batch_begin(step.index)
             # Random layers draw per global sample, from (data seed, epoch, step): N ranks = 1 process.
             with training_step(self._data_seed, (progress.epoch, step.index), offset=step.offset, count=step.count):
                 states = self._train_step(step.x, step.ys, step.sample_weight, step.global_count, comm)
@@ -454,7 +476,8 @@ class TrainingMixin:
             # rank agrees to stop after the same step without an extra collective.
             self._stop_now = states[-1] > 0
             logs = self._logs_from(progress.totals)
-            cb.on_train_batch_end(step.index, logs)
+            with timeline.phase("callbacks"):
+                cb.on_train_batch_end(step.index, logs)
             if self._stop_now or self.stop_training:  # Keras stops within the epoch too
                 break
         return logs
@@ -562,6 +585,7 @@ class TrainingMixin:
         else:
             start, stop = data.shard_bounds(len(ys[0]), comm.rank, comm.size)
             total, local = len(ys[0]), slice(start, stop)
+        timeline.next_step()
         with training_step(self._batch_seed, (self.optimizer.iterations,), offset=start, count=stop - start):
             states = self._train_step(data.take(x, local, training_inputs.input_dtypes(self, x)),
                                       [data.take(t, local) for t in ys], data.take(sample_weight, local), total, comm)

@@ -14,13 +14,14 @@ from distnn.data.py_dataset import PyDataset, Sequence
 from distnn.global_state import clear_session, global_rng, set_random_seed
 from distnn.gradient_check import (check_gradients, check_layer_gradients, check_loss_gradients,
                                    check_model_gradients)
+from distnn.plotting import plot_history  # matplotlib is imported only when it is called
 from distnn.serialization import (CustomObjectScope, custom_object_scope, deserialize_keras_object,
                                   get_custom_objects, get_registered_name, get_registered_object,
                                   register_keras_serializable, serialize_keras_object)
 
 __all__ = ["to_categorical", "normalize", "set_random_seed", "clear_session", "global_rng", "PyDataset", "Sequence",
            "check_gradients",
-           "check_layer_gradients", "check_loss_gradients", "check_model_gradients",
+           "check_layer_gradients", "check_loss_gradients", "check_model_gradients", "plot_history",
            # Keras 3 also offers the serialization registry under keras.utils
            "CustomObjectScope", "custom_object_scope", "deserialize_keras_object", "get_custom_objects",
            "get_registered_name", "get_registered_object", "register_keras_serializable", "serialize_keras_object"]

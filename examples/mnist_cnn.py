@@ -18,6 +18,20 @@ from distnn.models import Sequential
 from distnn.utils import set_random_seed, to_categorical
 
 
+def build_model() -> Sequential:
+    """The convnet of Keras' MNIST example (also what tests/interop exchanges with Keras)."""
+    model = Sequential()
+    model.add(Conv2D(32, (3, 3), activation="relu", input_shape=(28, 28, 1)))
+    model.add(MaxPooling2D((2, 2)))
+    model.add(Conv2D(64, (3, 3), activation="relu"))
+    model.add(MaxPooling2D((2, 2)))
+    model.add(Conv2D(64, (3, 3), activation="relu"))
+    model.add(Flatten())
+    model.add(Dense(64, activation="relu"))
+    model.add(Dense(10, activation="softmax"))
+    return model
+
+
 def main(argv=None) -> float:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--optimizer", default="adam")
@@ -33,15 +47,7 @@ def main(argv=None) -> float:
     train_labels = to_categorical(train_labels)
     test_labels = to_categorical(test_labels)
 
-    model = Sequential()
-    model.add(Conv2D(32, (3, 3), activation="relu", input_shape=(28, 28, 1)))
-    model.add(MaxPooling2D((2, 2)))
-    model.add(Conv2D(64, (3, 3), activation="relu"))
-    model.add(MaxPooling2D((2, 2)))
-    model.add(Conv2D(64, (3, 3), activation="relu"))
-    model.add(Flatten())
-    model.add(Dense(64, activation="relu"))
-    model.add(Dense(10, activation="softmax"))
+    model = build_model()
     if args.verbose:
         model.summary()  # prints on rank 0 only
 

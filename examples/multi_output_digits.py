@@ -16,13 +16,12 @@ the 10-way head and to binary accuracy for the 1-unit head from their shapes, as
 Test accuracy after 6 epochs, seeds 0-9: ``digit`` 0.981 to 0.992 (mean 0.987), ``large`` 0.978 to
 0.992 (mean 0.987).
 """
-import argparse
-
 import numpy as np
 
 from distnn import Input, Model, datasets, distributed, optimizers
 from distnn.layers import Activation, BatchNormalization, Conv2D, Dense, Flatten, MaxPooling2D
-from distnn.utils import set_random_seed, to_categorical
+from distnn.utils import to_categorical
+from resnet_digits import parse_arguments, train  # the digits examples' command line and training run
 
 
 def load_digits():
@@ -61,21 +60,12 @@ def compile_model(model: Model, learning_rate: float, steps: int) -> None:
 def main(argv=None) -> dict:
     """Trains and returns the test logs: ``loss``, ``digit_loss``, ``large_loss``, ``digit_accuracy``,
     ``large_accuracy``, ``large_mae``."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=5e-3)
-    parser.add_argument("--verbose", type=int, default=0)
-    args = parser.parse_args(argv)
-    set_random_seed(args.seed)
-
+    args = parse_arguments(argv, __doc__)
     (x_train, y_train), (x_test, y_test) = load_digits()
     model = build_model()
     if args.verbose:
         model.summary()
-    compile_model(model, args.learning_rate, args.epochs * -(-len(x_train) // args.batch_size))
-    model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, verbose=args.verbose)
+    train(model, compile_model, x_train, y_train, args)
     logs = model.evaluate(x_test, y_test, verbose=0, return_dict=True)
     if distributed.is_root():
         print(" ".join(f"test_{name}={value:.4f}" for name, value in logs.items()))

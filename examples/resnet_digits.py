@@ -60,24 +60,35 @@ def compile_model(model: Model, learning_rate: float, steps: int) -> None:
     model.compile(optimizer=optimizers.Adam(schedule), loss="categorical_crossentropy", metrics=["accuracy"])
 
 
-def main(argv=None) -> float:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_arguments(argv, description: str, **model_options: int) -> argparse.Namespace:
+    """The digits examples' command line: epochs, seed, batch size, learning rate and verbosity,
+    plus the example's integer ``model_options`` (``--filters 16`` ...) with their defaults."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--filters", type=int, default=16)
-    parser.add_argument("--blocks", type=int, default=2)
+    for option, default in model_options.items():
+        parser.add_argument(f"--{option}", type=int, default=default)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=5e-3)
     parser.add_argument("--verbose", type=int, default=0)
     args = parser.parse_args(argv)
     set_random_seed(args.seed)
+    return args
 
+
+def train(model: Model, compile_fn, x_train, y_train, args: argparse.Namespace) -> None:
+    """Compiles with a schedule over the run's steps and fits for ``args.epochs``."""
+    compile_fn(model, args.learning_rate, args.epochs * -(-len(x_train) // args.batch_size))
+    model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, verbose=args.verbose)
+
+
+def main(argv=None) -> float:
+    args = parse_arguments(argv, __doc__, filters=16, blocks=2)
     (x_train, y_train), (x_test, y_test) = load_digits()
     model = build_model(args.filters, args.blocks)
     if args.verbose:
         model.summary()  # prints on rank 0 only
-    compile_model(model, args.learning_rate, args.epochs * -(-len(x_train) // args.batch_size))
-    model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, verbose=args.verbose)
+    train(model, compile_model, x_train, y_train, args)
     test_loss, test_acc = model.evaluate(x_test, y_test, verbose=0)
     if distributed.is_root():  # one line per job, not per rank
         print(f"test_loss={test_loss:.4f} test_accuracy={test_acc:.4f}")

@@ -30,6 +30,9 @@ def parser(description: str, epochs: int, batch_size: int, optimizer: str) -> ar
     p.add_argument("--limit", type=int, default=None, help="train on the first N samples only")
     p.add_argument("--save-weights", default=None, help="rank 0 writes the final flat weights to this .npy file")
     p.add_argument("--save-model", default=None, help="rank 0 saves the trained model to this file")
+    p.add_argument("--csv-log", default=None,
+                   help="rank 0 writes each epoch's logs to this CSV file and the training curves beside it "
+                        "(same name, .png; needs matplotlib: pip install 'distnn[interop]')")
     p.add_argument("--verbose", type=int, default=2)
     return p
 
@@ -50,13 +53,27 @@ def optimizer_from(args: argparse.Namespace) -> Any:
 
 
 def callbacks_from(args: argparse.Namespace) -> list:
-    if not args.backup_dir:
-        return []
-    from distnn.callbacks import BackupAndRestore  # noqa: PLC0415
+    from distnn.callbacks import BackupAndRestore, CSVLogger  # noqa: PLC0415
 
-    save_freq = args.save_freq if args.save_freq == "epoch" else int(args.save_freq)
-    return [BackupAndRestore(args.backup_dir, save_freq=save_freq, delete_checkpoint=not args.keep_backups,
-                             resume=args.resume)]
+    callbacks = []
+    if args.csv_log:
+        os.makedirs(os.path.dirname(os.path.abspath(args.csv_log)), exist_ok=True)
+        callbacks.append(CSVLogger(args.csv_log))
+    if args.backup_dir:
+        save_freq = args.save_freq if args.save_freq == "epoch" else int(args.save_freq)
+        callbacks.append(BackupAndRestore(args.backup_dir, save_freq=save_freq,
+                                          delete_checkpoint=not args.keep_backups, resume=args.resume))
+    return callbacks
+
+
+def plot_curves(history: Any, args: argparse.Namespace) -> None:
+    """Rank 0 draws the training curves beside the CSV log (``--csv-log``)."""
+    if not args.csv_log or not distributed.is_root():
+        return
+    from distnn.utils import plot_history  # noqa: PLC0415
+
+    path = plot_history(history, os.path.splitext(args.csv_log)[0] + ".png", title=os.path.basename(args.csv_log))
+    print(f"training curves: {path}", flush=True)
 
 
 def finish(model: Any, args: argparse.Namespace, x_test: np.ndarray, y_test: np.ndarray) -> float:

@@ -27,8 +27,9 @@ def main(argv=None):
     x_train, y_train = x_train[:args.limit], y_train[:args.limit]
     model = Sequential([Dense(64, activation="relu", input_dim=4), Dense(3, activation="softmax")])
     model.compile(optimizer=common.optimizer_from(args), loss="categorical_crossentropy", metrics=["accuracy"])
-    model.fit(x_train, to_categorical(y_train, 3), batch_size=args.batch_size, epochs=args.epochs,
-              verbose=args.verbose if args.epochs <= 20 else 0, callbacks=common.callbacks_from(args))
+    history = model.fit(x_train, to_categorical(y_train, 3), batch_size=args.batch_size, epochs=args.epochs,
+                        verbose=args.verbose if args.epochs <= 20 else 0, callbacks=common.callbacks_from(args))
+    common.plot_curves(history, args)
     return common.finish(model, args, x_test, to_categorical(y_test, 3))
 
 

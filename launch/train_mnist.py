@@ -42,8 +42,9 @@ def main(argv=None):
     y_train = to_categorical(y_train[:args.limit], 10)
     model = build_model()
     model.compile(optimizer=common.optimizer_from(args), loss="categorical_crossentropy", metrics=["accuracy"])
-    model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=args.verbose,
-              callbacks=common.callbacks_from(args))
+    history = model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=args.verbose,
+                        callbacks=common.callbacks_from(args))
+    common.plot_curves(history, args)
     return common.finish(model, args, x_test, to_categorical(y_test, 10))
 
 

@@ -91,6 +91,8 @@ def test_saved_and_restored(activation):
 
 def test_glu_halves_the_axis_in_an_activation_layer():
     assert Activation("glu")(X[:, :18]).shape == (3, 9)
+    with pytest.raises(ValueError, match=r"Dense cannot apply glu.*Received: activation='glu'"):
+        Dense(4, activation="glu")
 
 
 def test_model_with_new_activations_saves_and_trains(tmp_path):
@@ -102,7 +104,7 @@ def test_model_with_new_activations_saves_and_trains(tmp_path):
     model.compile(optimizer="adam", loss="mse")
     model.fit(x, y, epochs=2, batch_size=8, verbose=0)
     assert model.predict(x, verbose=0).shape == (32, 1)
-    path = tmp_path / "m.keras"
+    path = tmp_path / "m.distnn"
     model.save(path)
     np.testing.assert_allclose(load_model(path).predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
     assert backend.floatx() == "float32"

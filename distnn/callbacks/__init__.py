@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from distnn.callbacks.callback import HOOKS, Callback, CallbackList  # noqa: F401 - the public names
+from distnn.callbacks.tensorboard import TensorBoard  # noqa: F401 - tensorboard itself is imported when training begins
 
 
 def __getattr__(name: str) -> Any:
@@ -246,10 +247,13 @@ class ModelCheckpoint(Callback):
             raise KeyError(f"ModelCheckpoint filepath {self.filepath!r} uses {exc}, which is not in the logs "
                            f"{sorted(logs)}") from None
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        if self.save_weights_only:
-            self.model.save_weights(path)
-        else:
-            self.model.save(path)
+        from distnn.distributed import timeline  # noqa: PLC0415 - the package imports these callbacks
+
+        with timeline.phase("checkpoint"):
+            if self.save_weights_only:
+                self.model.save_weights(path)
+            else:
+                self.model.save(path)
         if self.verbose:
             print(f"Epoch {epoch + 1}: saved model to {path}")
 

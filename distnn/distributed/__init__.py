@@ -24,7 +24,7 @@ from distnn.distributed.world import (barrier, get_communicator, is_initialized,
                                       local_rank, local_size, rank, size)
 # Model-level helpers for custom loops and Horovod scripts, and crash-safe backups.
 from distnn.distributed import callbacks  # noqa: E402 - hvd.callbacks.BroadcastGlobalVariablesCallback ...
-from distnn.distributed.callbacks import BroadcastWeights, LearningRateWarmup, MetricAverage  # noqa: E402
+from distnn.distributed.callbacks import BroadcastWeights, LearningRateWarmup, MetricAverage, Timeline  # noqa: E402
 from distnn.distributed.checkpoint import PREEMPTED_EXIT_CODE, BackupAndRestore  # noqa: E402
 from distnn.distributed.consistency import RankMismatchError  # noqa: E402
 from distnn.distributed.optimizer import Adasum, Average, DistributedOptimizer, Sum, broadcast_weights  # noqa: E402
@@ -41,7 +41,7 @@ __all__ = [
     "Communicator", "SingleProcessCommunicator", "MpiCommunicator", "RingCommunicator", "AutoCommunicator",
     "create_communicator", "Compression", "Compressor", "LaunchMismatchError", "broadcast_weights", "DistributedOptimizer",
     "BroadcastWeights", "MetricAverage", "LearningRateWarmup", "BackupAndRestore", "PREEMPTED_EXIT_CODE",
-    "RankMismatchError", "callbacks", "Average", "Sum", "Adasum", "allreduce_", "broadcast_",
+    "RankMismatchError", "Timeline", "callbacks", "Average", "Sum", "Adasum", "allreduce_", "broadcast_",
     "broadcast_variables", "cross_rank", "cross_size", "is_homogeneous", "mpi_threads_supported", "mpi_enabled",
     "mpi_built", "gloo_enabled", "gloo_built", "join", "shutdown", "load_model",
 ]

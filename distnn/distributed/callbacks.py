@@ -5,11 +5,13 @@ Horovod scripts working unchanged and serve custom training loops.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 
 from distnn.callbacks import Callback
+from distnn.distributed import timeline
 from distnn.distributed.optimizer import broadcast_weights
 from distnn.distributed.world import get_communicator
 
@@ -195,3 +197,24 @@ class LearningRateWarmupCallback(LearningRateScheduleCallback):
         if epoch == self.end_epoch - 1 and self.verbose and get_communicator().rank == 0:
             print(f"\nEpoch {epoch + 1}: finished gradual learning rate warmup to "
                   f"{float(self.model.optimizer.learning_rate):g}.", flush=True)
+
+
+class Timeline(Callback):
+    """Records a timeline of this ``fit`` (every rank) and writes it to ``path`` at its end.
+
+    Args:
+        path: the Chrome-trace JSON file rank 0 writes (format: distnn.distributed.timeline).
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+            raise ValueError(f"Timeline needs a non-empty file path. Received: path={path!r}")
+        self.path = os.fspath(path)
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        timeline.start(self.path, get_communicator())
+
+    def on_train_end(self, logs: Any = None) -> None:
+        timeline.write(get_communicator())
+        timeline.stop()

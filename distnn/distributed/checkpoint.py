@@ -36,6 +36,7 @@ from distnn.distributed.backup_format import (RUN_FORMAT, backup_path, list_back
                                               step_of, write_backup)
 from distnn.distributed.backup_lock import DirectoryLock
 from distnn.distributed.optimizer import broadcast_weights
+from distnn.distributed import timeline
 from distnn.distributed.run_identity import differences, run_identity
 from distnn.distributed.termination import TerminationWatch
 from distnn.distributed.world import get_communicator
@@ -199,6 +200,10 @@ class BackupAndRestore(Callback):
     def _write(self, finished_epoch: tuple[int, dict] | None = None) -> None:
         if not self.is_root:
             return
+        with timeline.phase("checkpoint"):
+            self._write_backup(finished_epoch)
+
+    def _write_backup(self, finished_epoch: tuple[int, dict] | None) -> None:
         model = self.model
         progress = model.progress
         history = {key: list(values) for key, values in model.history.history.items()}

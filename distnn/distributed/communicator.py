@@ -324,6 +324,30 @@ class MpiCommunicator(Communicator):
         if op == "average":
             np.divide(flat, self._size, out=flat)
 
+    def start_sum(self, flat: np.ndarray, wire: np.ndarray | None = None) -> Any:
+        """Starts summing the 1-D `flat` in place over the ranks; returns the MPI request.
+
+        `wire`: a same-length scratch array of the wire dtype when compressing (`flat` is copied
+        into it; after completion the caller copies it back). For the gradient buckets reduced
+        during backward (distnn.distributed.overlap), completed by the caller's own polling.
+        """
+        if wire is None:
+            return self.comm.Iallreduce(self._MPI.IN_PLACE, flat, op=self._MPI.SUM)
+        np.copyto(wire, flat, casting="same_kind")
+        datatype, sum_op = self._wire_sum(wire.dtype)
+        return self.comm.Iallreduce(self._MPI.IN_PLACE, [wire, datatype], op=sum_op)
+
+    def poll(self, request: Any) -> bool:
+        """Advances one request of `start_sum` (MPI_Test); True once it is complete."""
+        return request.Test()
+
+    def complete(self, requests: list, array: np.ndarray) -> None:
+        """Completes the requests of `start_sum` that sum parts of `array`, in the stall monitor's
+        wait loop, as one allreduce of `array`."""
+        self._monitor.begin(self._label, "allreduce", (array.dtype, array.shape))
+        self._monitor.wait_all(requests)
+        self._monitor.end()
+
     def _wire_sum(self, dtype: np.dtype):
         """`(MPI datatype, MPI op)` that add compressed `dtype` buffers in float32.
 

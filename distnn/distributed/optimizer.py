@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from distnn.distributed import compression as compression_lib
+from distnn.distributed import overlap as overlap_lib
+from distnn.distributed import timeline
 from distnn.distributed.communicator import create_communicator
 from distnn.distributed.world import get_communicator
 from distnn.optimizers import Optimizer
@@ -77,6 +79,11 @@ class DistributedOptimizer:
             one device and reduced in one exactly-summed buffer, so they cannot change the
             result; they are accepted so scripts run unchanged.
         backend: communicator for ``apply``'s allreduce in custom loops (``None``: the process-wide one).
+        overlap: in ``fit``, sum the gradient in buckets started while backward runs (True) or in one
+            allreduce after it (False); ``None``: env ``DISTNN_OVERLAP`` (default on).
+        bucket_bytes: the buckets' size in bytes (``"1M"`` works too); ``None``: env
+            ``DISTNN_BUCKET_BYTES`` or the measured default (docs/architecture.md, "Gradient buckets
+            and overlap").
 
     In ``fit`` the gradient is the global batch's mean (each rank's loss sum divided by the step's
     total sample count). Under Horovod it is the mean of the ranks' batch means; the two are equal
@@ -88,7 +95,8 @@ class DistributedOptimizer:
                  device_sparse: str = "", compression: Any = None, sparse_as_dense: bool = False,
                  backward_passes_per_step: int = 1, op: Any = Average, gradient_predivide_factor: float = 1.0,
                  average_aggregated_gradients: bool = False, num_groups: int = 0, groups: Any = None,
-                 backend: Any = None, process_set: Any = None):
+                 backend: Any = None, process_set: Any = None, overlap: bool | None = None,
+                 bucket_bytes: int | str | None = None):
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"DistributedOptimizer wraps a distnn Optimizer. Received: optimizer={optimizer!r}")
         if process_set is not None:
@@ -100,6 +108,10 @@ class DistributedOptimizer:
                              f"backward_passes_per_step={backward_passes_per_step!r}")
         if not gradient_predivide_factor > 0:
             raise ValueError(f"gradient_predivide_factor must be > 0. Received: {gradient_predivide_factor!r}")
+        if overlap is not None and not isinstance(overlap, bool):
+            raise ValueError(f"overlap must be None, True or False. Received: overlap={overlap!r}")
+        self.overlap = overlap
+        self.bucket_bytes = None if bucket_bytes is None else overlap_lib.check_bucket_bytes(bucket_bytes)
         self.op = check_op(op)
         self.compression = compression_lib.get(compression)
         self.optimizer = optimizer
@@ -140,16 +152,20 @@ class DistributedOptimizer:
         return getattr(self.optimizer, name)
 
 
-def reduce_and_apply(model: Any, comm: Any) -> bool:
+def reduce_and_apply(model: Any, comm: Any, buckets: Any = None) -> bool:
     """The data-parallel step after backward: accumulate this rank's share (``backward_passes_per_step``
     / ``gradient_accumulation_steps``), and when an update is due sum the shares over the ranks
     (exactly the global batch's mean gradient), add regularisation and update. Returns whether it
-    updated."""
+    updated. ``buckets``: the ``overlap.BucketReducer`` that started the sum during backward."""
     horovod, optimizer = getattr(model, "_horovod", None), model.optimizer
-    if not optimizer.accumulate(model.grads):
+    if buckets is not None:
+        buckets.finish()
+    elif not optimizer.accumulate(model.grads):
         return False
-    reducer = horovod.gradient_communicator(comm) if horovod is not None else comm
-    reducer.allreduce(model.grads, op="sum")
+    elif comm.size > 1:
+        reducer = horovod.gradient_communicator(comm) if horovod is not None else comm
+        with timeline.phase("allreduce"):
+            reducer.allreduce(model.grads, op="sum")
     # Under Horovod each rank's and each micro-batch's loss carries the regularisation: summing
     # gradients (op=Sum, average_aggregated_gradients=False) sums it as often.
     repeats = 1
@@ -158,9 +174,10 @@ def reduce_and_apply(model: Any, comm: Any) -> bool:
         repeats *= comm.size
     if (optimizer.gradient_accumulation_steps or 1) > 1 and not optimizer.average_accumulated_gradients:
         repeats *= optimizer.gradient_accumulation_steps
-    for _ in range(repeats):
-        model._add_regularization_gradients()
-    optimizer.apply_update(model.params, model.grads)
+    with timeline.phase("optimizer"):
+        for _ in range(repeats):
+            model._add_regularization_gradients()
+        optimizer.apply_update(model.params, model.grads)
     return True
 
 

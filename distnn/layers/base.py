@@ -64,6 +64,9 @@ def init_kernel_options(layer: "Layer", activation: Any, use_bias: bool, kernel_
     """Resolve and set, under Keras' attribute names, the activation, bias switch, initializers,
     regularizers and constraints of a layer with a kernel (``Dense``, ``Conv1D``, ``Conv2D``)."""
     layer.activation = activations.get(activation)
+    if isinstance(layer.activation, activations.GLU):  # the fused kernel path keeps the output's shape
+        raise ValueError(f"{type(layer).__name__} cannot apply glu, which halves an axis; put an Activation('glu') "
+                         f"layer after it. Received: activation={activation!r}")
     layer.use_bias = bool(use_bias)
     layer.kernel_initializer = initializers.get(kernel_initializer)
     layer.bias_initializer = initializers.get(bias_initializer)
@@ -286,6 +289,8 @@ def _fused_vjp(node: Any, grad: Any) -> tuple:
 
 # A fused backward writes dL/dx into the layer's own scratch (after copying a gradient it does not own).
 _fused_vjp.exclusive_results = True
+# It writes the gradients of ``node.kwargs["layer"]``'s variables itself (the tape's final-gradient reports).
+_fused_vjp.writes_layer_variables = True
 
 
 class Layer:

@@ -99,7 +99,23 @@ class SpatialDropout2D(_SpatialDropout):
         return {**super().get_config(), "data_format": self.data_format}
 
 
-class GaussianNoise(Layer):
+class _SeededNoise(Layer):
+    """A mask-preserving, shape-preserving layer with its own ``SeedGenerator``."""
+
+    def __init__(self, seed: int | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.seed = seed
+        self.seed_generator = random.SeedGenerator(seed, name=f"{self.name}/seed_generator")
+        self.supports_masking = True
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "seed": self.seed}
+
+
+class GaussianNoise(_SeededNoise):
     """Adds zero-mean normal noise in training, as ``keras.layers.GaussianNoise``.
 
     Args:
@@ -108,14 +124,8 @@ class GaussianNoise(Layer):
     """
 
     def __init__(self, stddev: float, seed: int | None = None, **kwargs: Any):
-        super().__init__(**kwargs)
+        super().__init__(seed=seed, **kwargs)
         self.stddev = _check_fraction("stddev", stddev, upper_open=False)
-        self.seed = seed
-        self.seed_generator = random.SeedGenerator(seed, name=f"{self.name}/seed_generator")
-        self.supports_masking = True
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape)
 
     def call(self, x, training=False):
         if not training or self.stddev == 0:
@@ -124,10 +134,10 @@ class GaussianNoise(Layer):
         return x + random.normal(raw.shape, stddev=self.stddev, dtype=raw.dtype, seed=self.seed_generator)
 
     def get_config(self):
-        return {**super().get_config(), "stddev": self.stddev, "seed": self.seed}
+        return {**super().get_config(), "stddev": self.stddev}
 
 
-class GaussianDropout(Layer):
+class GaussianDropout(_SeededNoise):
     """Multiplies by normal noise of mean 1 and standard deviation ``sqrt(rate / (1 - rate))`` in
     training, as ``keras.layers.GaussianDropout``.
 
@@ -137,14 +147,8 @@ class GaussianDropout(Layer):
     """
 
     def __init__(self, rate: float, seed: int | None = None, **kwargs: Any):
-        super().__init__(**kwargs)
+        super().__init__(seed=seed, **kwargs)
         self.rate = _check_fraction("rate", rate)
-        self.seed = seed
-        self.seed_generator = random.SeedGenerator(seed, name=f"{self.name}/seed_generator")
-        self.supports_masking = True
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape)
 
     def call(self, x, training=False):
         if not training or self.rate == 0:
@@ -154,10 +158,10 @@ class GaussianDropout(Layer):
         return x * random.normal(raw.shape, mean=1.0, stddev=stddev, dtype=raw.dtype, seed=self.seed_generator)
 
     def get_config(self):
-        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+        return {**super().get_config(), "rate": self.rate}
 
 
-class AlphaDropout(Layer):
+class AlphaDropout(_SeededNoise):
     """Dropout for self-normalizing (SELU) networks, as ``keras.layers.AlphaDropout``: dropped inputs
     are set to SELU's negative saturation ``-alpha * scale`` and the result is transformed by
     ``a * x + b`` so that the mean and variance are kept.
@@ -170,15 +174,9 @@ class AlphaDropout(Layer):
     """
 
     def __init__(self, rate: float, noise_shape: Any = None, seed: int | None = None, **kwargs: Any):
-        super().__init__(**kwargs)
+        super().__init__(seed=seed, **kwargs)
         self.rate = _check_fraction("rate", rate)
         self.noise_shape = None if noise_shape is None else tuple(noise_shape)
-        self.seed = seed
-        self.seed_generator = random.SeedGenerator(seed, name=f"{self.name}/seed_generator")
-        self.supports_masking = True
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape)
 
     def call(self, x, training=False):
         if not training or self.rate == 0:
@@ -194,4 +192,4 @@ class AlphaDropout(Layer):
 
     def get_config(self):
         return {**super().get_config(), "rate": self.rate,
-                "noise_shape": None if self.noise_shape is None else list(self.noise_shape), "seed": self.seed}
+                "noise_shape": None if self.noise_shape is None else list(self.noise_shape)}

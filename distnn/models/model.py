@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from distnn import backend, saving
+from distnn.interop import keras_format, onnx_export
 from distnn.layers import base as layer_base
 from distnn.layers.base import Layer, Variable
 from distnn.models import summary as summary_module
@@ -198,20 +199,39 @@ class Model(TrainingMixin, Layer):
 
     # -------------------------------------------------------------------------------- saving
     def save(self, filepath: str, overwrite: bool = True, **kwargs: Any) -> None:
-        """Write config, weights and optimizer state to one zip file (see ``distnn.saving``)."""
+        """Write config, weights and optimizer state to one zip file: Keras 3's format for a path
+        ending in ``.keras`` (``distnn.interop.keras_format``), else distnn's (``distnn.saving``)."""
         if kwargs:
             raise TypeError(f"save() got unexpected keyword arguments: {sorted(kwargs)}")
         _check_overwrite(filepath, overwrite)
-        saving.save_model(self, filepath)
+        (keras_format.save_model if keras_format.is_keras_path(filepath) else saving.save_model)(self, filepath)
 
     def save_weights(self, filepath: str, overwrite: bool = True) -> None:
+        """Weights only: Keras 3's HDF5 file for a path ending in ``.weights.h5``, else distnn's zip."""
         _check_overwrite(filepath, overwrite)
-        saving.save_weights(self, filepath)
+        (keras_format.save_weights if keras_format.is_keras_weights_path(filepath) else saving.save_weights)(
+            self, filepath)
 
     def load_weights(self, filepath: str, skip_mismatch: bool = False) -> None:
         if skip_mismatch:
             raise ValueError("load_weights(skip_mismatch=True) is not supported: every weight must match")
-        saving.load_weights(self, filepath)
+        (keras_format.load_weights if keras_format.is_keras_weights_path(filepath) else saving.load_weights)(
+            self, filepath)
+
+
+    def export(self, filepath: str, format: str = "onnx", verbose: bool = True,  # noqa: A002 - Keras' name
+               input_signature: Any = None) -> None:
+        """Keras 3's ``export``: the inference graph as ONNX (``format="onnx"``, the one format distnn
+        writes; Keras' TensorFlow formats need TensorFlow), with a dynamic batch axis."""
+        if format != "onnx":
+            raise ValueError(f"distnn exports format='onnx' only (Keras' other formats need TensorFlow). "
+                             f"Received: format={format!r}")
+        if input_signature is not None:
+            raise ValueError("export(input_signature=...) is not supported: the inputs are the model's own, "
+                             "with a dynamic batch axis")
+        path = onnx_export.export_onnx(self, filepath)
+        if verbose:
+            print(f"Saved the ONNX model to {path}")
 
 
 def _check_overwrite(filepath: str, overwrite: bool) -> None:

@@ -122,15 +122,24 @@ class Tape:
         return slot
 
     # ------------------------------------------------------------------------------ backward
-    def backward(self, seeds: Iterable[tuple[Any, Any]], seeds_owned: bool = False) -> None:
+    def backward(self, seeds: Iterable[tuple[Any, Any]], seeds_owned: bool = False,
+                 on_final: Callable[[list], None] | None = None, variables: list | None = None) -> None:
         """Propagate ``(tensor, dL/dtensor)`` seeds back through the tape into the watched variables.
 
         ``seeds_owned``: the seed arrays are the caller's to give away (fused layers may overwrite them).
+        ``on_final``: called after each node with the ``variables`` whose gradient that node made final
+        (usually none), so buckets of the flat gradient can be reduced while backward continues
+        (docs/architecture.md, "Gradient buckets and overlap"); a variable no node reaches is zeroed
+        and reported first.
         """
         for tensor, grad in seeds:
             if isinstance(tensor, Tensor) and tensor.tape is self:  # a host seed of a device value is uploaded
                 accumulate(tensor, backend.get_array_module(tensor.value).asarray(grad), seeds_owned)
-        for node in reversed(self.nodes):
+        finals = self._final_writes(variables, on_final) if on_final is not None else None
+        for index in range(len(self.nodes) - 1, -1, -1):
+            node = self.nodes[index]
+            if finals is not None:  # also between nodes that finish nothing: the hook polls transfers
+                on_final(self._finish_variables(finals[index]) if index in finals else _NONE)
             grad = node.grad
             if grad is None:
                 continue
@@ -146,6 +155,49 @@ class Tape:
             if leaf.grad is not None:
                 self.write_variable_grad(leaf.watched_variable, leaf.grad)
                 leaf.grad = None
+        if finals is not None and -1 in finals:
+            on_final(self._finish_variables(finals[-1]))
+
+    def _final_writes(self, variables: list, on_final: Callable[[list], None]) -> dict[int, list]:
+        """``{node index: variables whose last gradient write is that node's VJP}`` (backward walks the
+        nodes from the end, so the last write is by the lowest-indexed writer: a shared layer's first
+        call). Writers are fused layer nodes (into their variables' views) and nodes consuming a
+        variable's leaf. Variables no node writes are reported right away."""
+        wanted = {id(v): v for v in variables}
+        first_writer: dict[int, int] = {}
+        for index, node in enumerate(self.nodes):
+            if getattr(node.vjp, "writes_layer_variables", False):
+                for v in node.kwargs["layer"]._variables:
+                    first_writer.setdefault(id(v), index)
+            for parent in node.parents:
+                watched = parent[-1].watched_variable
+                if watched is not None:
+                    first_writer.setdefault(id(watched), index)
+        finals: dict[int, list] = {}
+        unreached = []
+        for key, v in wanted.items():
+            if key in first_writer:
+                finals.setdefault(first_writer[key], []).append(v)
+            else:
+                unreached.append(v)
+        if unreached:
+            on_final(self._finish_variables(unreached))
+        # The node with the lowest index runs last, but the after-node call fires before its VJP:
+        # shift each list to the call made after its writer ran (the next node, or the end).
+        return {index - 1: finals[index] for index in finals}
+
+    def _finish_variables(self, variables: list) -> list:
+        """Write each variable's leaf gradient (uses by ops) and zero the gradient of one no node
+        wrote this backward, so that ``variables`` hold their final gradients."""
+        for v in variables:
+            leaf = self.watched.get(id(v))
+            if leaf is not None and leaf.grad is not None:
+                self.write_variable_grad(v, leaf.grad)
+                leaf.grad = None
+            if id(v) not in self.touched and v.grad is not None:
+                v.grad[...] = 0
+                self.touched.add(id(v))
+        return variables
 
     def write_variable_grad(self, variable: Any, grad: Any) -> None:
         """Write (first contribution of this backward) or add ``grad`` into ``variable.grad``."""
@@ -156,6 +208,9 @@ class Tape:
         else:
             variable.grad[...] = grad
             self.touched.add(id(variable))
+
+
+_NONE: list = []  # on_final's argument after a node that finished no variable
 
 
 def _parent_grad(grads: Any, parent: tuple) -> Any:

@@ -1,0 +1,184 @@
+"""Gradient buckets reduced while backward is still running (docs/architecture.md, "Gradient buckets
+and overlap").
+
+The flat gradient buffer is laid out in the order backward completes it (distnn.models.model), so
+cutting it into contiguous buckets gives buckets that become final one after another. The tape reports each variable whose gradient is final (``Tape.backward(on_final=...)``);
+when the last variable of the next bucket is final the bucket's sum over the ranks starts as a
+non-blocking ``MPI_Iallreduce``, and every later report polls the transfers in flight with
+``MPI_Testall``. After backward the main thread completes what is left in the stall monitor's wait
+loop (reported as an ``allreduce`` of the gradient), so stall reports and aborts work as for any
+collective.
+
+Why ``Iallreduce`` polled from the backward walk, measured with 2 ranks on this 2-core machine
+(MPICH 4 wheel, shared memory; a 1-4 MiB float32 sum overlapped with 30 ms of GEMMs, medians of 10):
+without MPI calls during the computation MPICH makes no progress (3-4 ms of the transfer remain
+after it); polled with ``MPI_Test`` between GEMMs it is completely hidden (35.6 ms per step against
+39-40 ms blocking); a Python thread running a blocking ``MPI_Allreduce`` under
+``MPI_THREAD_MULTIPLE`` hides less (37-38 ms: its polling competes with the GEMMs for the core and
+the interpreter lock); MPICH's own progress thread (``MPIR_CVAR_ASYNC_PROGRESS=1``) spins a core
+and made every variant slower (48 ms).
+
+Buckets travel on a communicator of their own and always start in index order on every rank (a bucket that is final before the one before it
+waits), because MPI collectives on one communicator must be issued in the same order everywhere.
+The summed values do not depend on the bucket size: each element is the same sum over ranks.
+"""
+from __future__ import annotations
+
+import os
+import time
+import weakref
+from typing import Any
+
+import numpy as np
+
+from distnn.distributed import timeline
+from distnn.distributed.communicator import create_communicator
+from distnn.distributed.ring import parse_bytes
+
+OVERLAP_ENV = "DISTNN_OVERLAP"
+BUCKET_ENV = "DISTNN_BUCKET_BYTES"
+# Measured with benchmarks/bench_mlp.py --batch-size 256 on 2 ranks (docs/architecture.md,
+# "Gradient buckets and overlap"): 1 MiB splits the MLP's 2.7 MB into its last two layers and
+# its first, so the first layer's weight-gradient GEMM hides the first bucket's transfer.
+DEFAULT_BUCKET_BYTES = 1 << 20
+_TRUE, _FALSE = ("1", "true", "on", "yes"), ("0", "false", "off", "no", "")
+
+
+def overlap_from_env() -> bool:
+    """``DISTNN_OVERLAP`` (default on) as a bool, with a clear error for anything else."""
+    text = os.environ.get(OVERLAP_ENV, "1").strip().lower()
+    if text not in _TRUE + _FALSE:
+        raise ValueError(f"{OVERLAP_ENV} must be 1/0 (true/false, on/off). Received: {OVERLAP_ENV}={text!r}")
+    return text in _TRUE
+
+
+def bucket_bytes_from_env() -> int:
+    """``DISTNN_BUCKET_BYTES`` (e.g. ``"1M"``) or the measured default."""
+    text = os.environ.get(BUCKET_ENV)
+    value = DEFAULT_BUCKET_BYTES if not text else parse_bytes(text)
+    return check_bucket_bytes(value, BUCKET_ENV)
+
+
+def check_bucket_bytes(value: Any, name: str = "bucket_bytes") -> int:
+    if isinstance(value, str):
+        value = parse_bytes(value)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive byte count such as 1048576 or '1M'. Received: {name}={value!r}")
+    return int(value)
+
+
+class BucketReducer:
+    """Sums a model's flat gradient over the ranks in buckets, started as backward completes them.
+
+    Args:
+        comm: the gradient communicator (an MPI one, with the compression to apply).
+        grads: the model's flat gradient buffer.
+        variables: the trainable variables, in buffer order (each ``grad`` a view of ``grads``).
+        sizes: each variable's element count.
+        bucket_bytes: each bucket's size (the last one may be smaller).
+    """
+
+    def __init__(self, comm: Any, grads: np.ndarray, variables: list, sizes: list[int], bucket_bytes: int) -> None:
+        self.comm, self.grads = comm, grads
+        # Equal slices of the buffer, cutting through variables: a bucket is final once every
+        # variable overlapping it is. Slices, rather than whole variables, keep each transfer in
+        # the size range where MPI_Iallreduce is fast (a large first-layer kernel would be one
+        # slow multi-MiB bucket, finished last).
+        step = max(1, bucket_bytes // grads.itemsize)
+        self.bounds = [(lo, min(lo + step, grads.size)) for lo in range(0, grads.size, step)]
+        self._buckets_of: dict[int, range] = {}
+        counts = [0] * len(self.bounds)
+        offset = 0
+        for v, size in zip(variables, sizes):
+            buckets = range(offset // step, -(-(offset + size) // step)) if size else range(0)
+            self._buckets_of[id(v)] = buckets
+            for index in buckets:
+                counts[index] += 1
+            offset += size
+        self._counts = counts
+        wire_dtype = comm.compression.wire_dtype(grads.dtype)
+        self._wire = None if wire_dtype == grads.dtype else comm.buffer("bucket-wire", wire_dtype, grads.size)
+        self._pending: list[int] = []
+        self._requests: list[Any] = []
+        self._started: list[int] = []
+        self._finished: list[int | None] = []
+        self._next = 0
+
+    def begin(self) -> None:
+        """Before backward: every bucket waits for all of its variables."""
+        self._pending = list(self._counts)
+        self._requests, self._started, self._finished, self._next = [], [], [], 0
+
+    def on_final(self, variables: list) -> None:
+        """The tape's report: ``variables`` hold their final gradients. Starts the buckets now
+        ready (in order) and polls those in flight (MPICH advances a transfer only inside MPI calls)."""
+        for v in variables:
+            for index in self._buckets_of[id(v)]:
+                self._pending[index] -= 1
+        while self._next < len(self.bounds) and self._pending[self._next] == 0:
+            self._start(self._next)
+        for index, request in enumerate(self._requests):
+            if self._finished[index] is None and self.comm.poll(request):
+                self._finished[index] = time.perf_counter_ns()
+
+    def finish(self) -> None:
+        """After backward: start what has not started (an empty shard reports nothing), then wait
+        for every bucket in the stall monitor's loop and copy compressed sums back."""
+        while self._next < len(self.bounds):
+            self._start(self._next)
+        waited = time.perf_counter_ns()
+        self.comm.complete(self._requests, self.grads)
+        if self._wire is not None:
+            np.copyto(self.grads, self._wire)
+        recorder = timeline.recorder()
+        if recorder is not None:
+            done = time.perf_counter_ns()
+            recorder.add("allreduce wait", waited, done)
+            for index, (started, finished) in enumerate(zip(self._started, self._finished)):
+                lo, hi = self.bounds[index]
+                recorder.add(f"bucket {index}", started, finished or done, track="allreduce",
+                             bytes=(hi - lo) * self.grads.itemsize)
+
+    def _start(self, index: int) -> None:
+        lo, hi = self.bounds[index]
+        wire = None if self._wire is None else self._wire[lo:hi]
+        self._requests.append(self.comm.start_sum(self.grads[lo:hi], wire))
+        self._started.append(time.perf_counter_ns())
+        self._finished.append(None)
+        self._next = index + 1
+
+
+# Each model's reducer with the settings it was made for; weak, so a model is not kept alive by it.
+_reducers: "weakref.WeakKeyDictionary[Any, tuple]" = weakref.WeakKeyDictionary()
+
+
+def step_reducer(model: Any, comm: Any) -> BucketReducer | None:
+    """The model's bucket reducer for this step, or ``None`` for the blocking allreduce after
+    backward: one process, overlap off, or gradient accumulation (which sums locally first)."""
+    if comm.size == 1:
+        return None
+    optimizer, horovod = model.optimizer, getattr(model, "_horovod", None)
+    key = (id(comm), id(model.grads), optimizer.gradient_accumulation_steps, os.environ.get(OVERLAP_ENV),
+           os.environ.get(BUCKET_ENV), None if horovod is None else (horovod.overlap, horovod.bucket_bytes))
+    cached = _reducers.get(model)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    overlap = overlap_from_env() if horovod is None or horovod.overlap is None else horovod.overlap
+    bucket_bytes = bucket_bytes_from_env() if horovod is None or horovod.bucket_bytes is None else horovod.bucket_bytes
+    # Ranks must agree: one that reduces in buckets and one that does not issue different collectives.
+    settings = comm.allgather_obj((overlap, bucket_bytes))
+    if len(set(settings)) != 1:
+        raise ValueError(f"Every rank must use the same {OVERLAP_ENV} and {BUCKET_ENV} (or DistributedOptimizer "
+                         f"overlap/bucket_bytes). Received (overlap, bucket bytes) per rank: {settings}")
+    reducer = None
+    if overlap and (optimizer.gradient_accumulation_steps or 1) == 1:
+        gradient_comm = horovod.gradient_communicator(comm) if horovod is not None else comm
+        # The buckets get a communicator of their own: collectives issued during backward (synchronized
+        # BatchNormalization's) come after some buckets on ranks with samples, but before all of them on
+        # a rank whose shard is empty (it runs no backward); on one communicator they would mismatch.
+        bucket_comm = create_communicator(gradient_comm.name, comm=gradient_comm.comm,
+                                          compression=gradient_comm.compression)
+        reducer = BucketReducer(bucket_comm, model.grads, model._bound_variables,
+                                [size for _, size in model._segments], bucket_bytes)
+    _reducers[model] = (key, reducer)
+    return reducer

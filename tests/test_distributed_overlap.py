@@ -1,0 +1,233 @@
+"""Gradient buckets summed while backward runs, and the timeline (docs/architecture.md, "Gradient
+buckets and overlap", "Timeline and step anatomy").
+
+Real ``mpiexec`` jobs of the parity scripts with tiny buckets (``DISTNN_BUCKET_BYTES=64``: 16 floats,
+so buckets cut through variables and many start during backward) train like one process; a timeline
+written by a 2-rank run has every phase of every step on both ranks, with buckets started before
+backward ends.
+"""
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import find_mpiexec, run_command, run_mpi, run_python, subprocess_env
+from test_distributed_models_parity import assert_same_training as assert_same_model_training
+from test_distributed_training import TOLERANCE, assert_same_training, relative_difference
+
+import distnn
+from distnn.distributed import anatomy, overlap, timeline
+
+PARITY = "tests/mpi_scripts/train_parity.py"
+MODELS_PARITY = "tests/mpi_scripts/train_parity_models.py"
+TINY_BUCKETS = {"DISTNN_BUCKET_BYTES": "64", "DISTNN_OVERLAP": "1"}
+
+
+def run(script, out, *args, n=None, **env) -> dict:
+    argv = [script, str(out), *args]
+    if n is None:
+        proc = run_python(argv, timeout=90)
+    else:
+        proc = run_mpi(n, argv, timeout=90, env=subprocess_env(**{**TINY_BUCKETS, **env}))
+    with np.load(out) as saved:
+        result = dict(saved)
+    result["stdout"] = proc.stdout
+    return result
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("overlap_reference")
+    return {"mlp": run(PARITY, directory / "mlp.npz", "--model", "mlp"),
+            "cnn-bn": run(PARITY, directory / "cnn-bn.npz", "--model", "cnn-bn"),
+            "resnet": run(MODELS_PARITY, directory / "resnet.npz", "--model", "resnet", "--learning-rate", "1e-3")}
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("model, n", [("mlp", 1), ("mlp", 2), ("mlp", 3), ("mlp", 4), ("cnn-bn", 2), ("cnn-bn", 3)])
+def test_sequential_and_batchnorm_models_with_tiny_buckets_train_like_one_process(references, tmp_path, model, n):
+    result = run(PARITY, tmp_path / "out.npz", "--model", model, n=n)
+    assert f"size={n} " in result["stdout"]
+    assert_same_training(references[model], result, TOLERANCE)
+    assert int(result["identical_checks"]) == 2  # every rank held the same weights after each epoch
+    assert relative_difference(references[model]["epoch0"], result["epoch1"]) > 1e-3  # it trained
+
+
+@pytest.mark.mpi
+def test_empty_shard_with_batchnorm_and_tiny_buckets(tmp_path):
+    """A rank without samples in the last step joins BatchNormalization's collective outside
+    backward, the others inside it after some buckets have started: the buckets' own communicator
+    keeps the two orders from mixing."""
+    args = ["--samples", "10", "--batch-size", "4", "--model", "cnn-bn"]
+    reference = run(PARITY, tmp_path / "one.npz", *args)
+    result = run(PARITY, tmp_path / "three.npz", *args, n=3)  # the last step's 2 samples on 3 ranks
+    assert_same_training(reference, result, TOLERANCE)
+    assert int(result["identical_checks"]) == 2
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("n", [2, 3])
+def test_functional_model_with_tiny_buckets_trains_like_one_process(references, tmp_path, n):
+    result = run(MODELS_PARITY, tmp_path / "out.npz", "--model", "resnet", "--learning-rate", "1e-3", n=n)
+    assert f"size={n} model=resnet" in result["stdout"]
+    assert_same_model_training(references["resnet"], result, TOLERANCE)
+    assert int(result["identical_checks"]) == 2
+
+
+@pytest.mark.mpi
+def test_fp16_compression_per_bucket(references, tmp_path):
+    result = run(PARITY, tmp_path / "fp16.npz", "--compression", "fp16", n=2)
+    assert "compression=fp16" in result["stdout"]
+    assert int(result["identical_checks"]) == 2  # the wire rounding is the same on every rank
+    assert_same_training(references["mlp"], result, tolerance=1e-3)  # float16 keeps ~3 digits
+
+
+@pytest.mark.mpi
+def test_ranks_must_agree_on_overlap(tmp_path):
+    mpiexec = find_mpiexec()
+    script = [sys.executable, PARITY, str(tmp_path / "out.npz")]
+    proc = run_command([mpiexec, "-n", "1", "-env", "DISTNN_OVERLAP", "1", *script, ":",
+                        "-n", "1", "-env", "DISTNN_OVERLAP", "0", *script], timeout=90, check=False)
+    assert proc.returncode != 0
+    assert "Every rank must use the same DISTNN_OVERLAP" in proc.stdout + proc.stderr
+
+
+def spans_by_step(trace: dict) -> dict:
+    steps: dict = {}
+    for event in trace["traceEvents"]:
+        if event["ph"] == "X":
+            steps.setdefault((event["pid"], event["args"]["step"]), []).append(event)
+    return steps
+
+
+@pytest.mark.mpi
+def test_two_rank_timeline_has_every_phase_and_buckets_start_during_backward(tmp_path):
+    path = tmp_path / "timeline.json"
+    run(PARITY, tmp_path / "out.npz", "--epochs", "1", n=2, DISTNN_TIMELINE=str(path))
+    trace = json.loads(path.read_text())
+    names = {(e["pid"], e["tid"]): e["args"]["name"] for e in trace["traceEvents"] if e["name"] == "thread_name"}
+    assert names == {(0, 0): "main", (0, 1): "allreduce", (1, 0): "main", (1, 1): "allreduce"}
+    trained = {key: spans for key, spans in spans_by_step(trace).items()
+               if any(e["name"] == "backward" for e in spans)}
+    assert sorted({step for _, step in trained}) == list(range(7))  # 203 samples / 32: 7 steps
+    for (rank, step), spans in trained.items():
+        phases = {e["name"] for e in spans}
+        assert {"data", "forward", "backward", "allreduce wait", "optimizer"} <= phases, (rank, step, phases)
+        buckets = [e for e in spans if e["cat"] == "allreduce"]
+        assert len(buckets) == 13  # 195 parameters in buckets of 16 floats
+        backward = next(e for e in spans if e["name"] == "backward")
+        assert min(e["ts"] for e in buckets) < backward["ts"] + backward["dur"], (rank, step)
+        assert all(e["tid"] == 1 and e["dur"] >= 0 for e in buckets)
+    report = run_command([sys.executable, "-m", "distnn.bench", "anatomy", str(path)], timeout=60).stdout
+    assert "exposed comm." in report and "rank 1" in report and "overlap hides" in report
+
+
+@pytest.mark.mpi
+def test_blocking_timeline_has_the_allreduce_on_the_main_track(tmp_path):
+    path = tmp_path / "timeline.json"
+    run(PARITY, tmp_path / "out.npz", "--epochs", "1", n=2, DISTNN_TIMELINE=str(path), DISTNN_OVERLAP="0")
+    steps = anatomy.steps(anatomy.load(str(path)))
+    assert {rank for rank, _ in steps} == {0, 1}
+    for spans in steps.values():
+        assert not [e for e in spans if e["cat"] == "allreduce"]
+        parts = anatomy.step_anatomy(spans)
+        assert parts["allreduce"] > 0
+        assert parts["exposed"] == pytest.approx(parts["communication"])  # nothing overlaps it
+
+
+def test_timeline_callback_in_one_process_and_the_anatomy_report(tmp_path):
+    from distnn.layers import Dense
+    from distnn.models import Sequential
+
+    model = Sequential([Dense(4, activation="relu", input_shape=(3,)), Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = np.random.default_rng(0).random((40, 3)), np.random.default_rng(1).random((40, 2))
+    path = tmp_path / "one.json"
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[distnn.distributed.Timeline(str(path))])
+    assert timeline.recorder() is None  # the callback stopped recording
+    steps = anatomy.steps(anatomy.load(str(path)))
+    assert sorted(steps) == [(0, step) for step in range(10)]
+    for spans in steps.values():
+        assert {"forward", "backward", "optimizer", "data", "callbacks"} <= {e["name"] for e in spans}
+    text = anatomy.report(str(path))
+    assert "forward" in text and "rank 0" in text and "steps" in text
+
+
+def test_bad_settings_are_refused(tmp_path, monkeypatch):
+    from distnn.distributed import DistributedOptimizer
+    from distnn.optimizers import SGD
+
+    with pytest.raises(ValueError, match="Received: overlap='yes'"):
+        DistributedOptimizer(SGD(), overlap="yes")
+    with pytest.raises(ValueError, match="Received: bucket_bytes=0"):
+        DistributedOptimizer(SGD(), bucket_bytes=0)
+    assert DistributedOptimizer(SGD(), bucket_bytes="2M").bucket_bytes == 2 << 20
+    monkeypatch.setenv("DISTNN_OVERLAP", "maybe")
+    with pytest.raises(ValueError, match="DISTNN_OVERLAP='maybe'"):
+        overlap.overlap_from_env()
+    monkeypatch.setenv("DISTNN_BUCKET_BYTES", "0")
+    with pytest.raises(ValueError, match="DISTNN_BUCKET_BYTES=0"):
+        overlap.bucket_bytes_from_env()
+    with pytest.raises(ValueError, match="Timeline needs a non-empty file path"):
+        distnn.distributed.Timeline("")
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="traceEvents"):
+        anatomy.report(str(tmp_path / "bad.json"))
+
+
+def test_the_tape_reports_each_gradient_once_it_is_final():
+    """A shared layer (called twice: final only after its first call's backward), a weight used by
+    plain ops (written from its leaf), and one the loss does not reach (zeroed): each variable is
+    reported once, holding exactly its final gradient."""
+    from distnn import layers, ops
+    from distnn.models import Model
+    from distnn.ops.core import Tape
+
+    class Scale(layers.Layer):
+        def build(self, input_shape):
+            self.w = self.add_weight(shape=(input_shape[-1],), initializer="ones")
+
+        def call(self, x):
+            return ops.multiply(x, self.w)
+
+    inputs = layers.Input((8,))
+    shared = layers.Dense(8, activation="tanh")
+    unused = layers.Dense(3)
+    hidden = Scale()(shared(shared(inputs)))
+    model = Model(inputs, [layers.Dense(2)(hidden), unused(inputs)])
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.random.default_rng(0).random((5, 8)).astype("float32")
+    seen: dict = {}
+
+    def on_final(variables):
+        for v in variables:
+            assert id(v) not in seen, v.name
+            seen[id(v)] = v.grad.copy()
+
+    model.grads[...] = np.nan  # a stale buffer: every reported gradient must be written by then
+    with Tape() as tape:
+        first, _ = model(x, training=True)
+    tape.backward([(first, np.ones((5, 2), "float32"))], on_final=on_final, variables=model._bound_variables)
+    assert len(seen) == len(model._bound_variables) == 7
+    for v in model._bound_variables:
+        np.testing.assert_array_equal(seen[id(v)], v.grad)
+    assert not np.isnan(model.grads).any()
+    assert not np.any(unused.kernel.grad) and np.any(shared.kernel.grad)
+
+
+def test_anatomy_counts_only_communication_outside_forward_and_backward(tmp_path):
+    def span(name, ts, dur, cat="main"):
+        return {"name": name, "cat": cat, "ph": "X", "pid": 0, "tid": int(cat != "main"), "ts": ts, "dur": dur,
+                "args": {"step": 0}}
+
+    spans = [span("forward", 0, 10), span("backward", 10, 20), span("bucket 0", 20, 15, "allreduce"),
+             span("bucket 1", 25, 20, "allreduce"), span("allreduce wait", 30, 15), span("optimizer", 45, 5)]
+    parts = anatomy.step_anatomy(spans)
+    assert parts["communication"] == 25  # the union of [20, 35] and [25, 45]
+    assert parts["exposed"] == 15  # [30, 45]: after backward
+    assert parts["step"] == 50 and parts["backward"] == 20 and parts["allreduce wait"] == 15
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"traceEvents": spans + [span("backward", 60, 5) | {"args": {"step": 1}}]}))
+    assert sorted(anatomy.steps(anatomy.load(str(path)))) == [(0, 0), (0, 1)]
+    assert "overlap hides 40% of the gradient allreduce" in anatomy.report(str(path), skip=0)
