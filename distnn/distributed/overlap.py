@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from distnn import backend
 from distnn.distributed import timeline
 from distnn.distributed.communicator import create_communicator
 from distnn.distributed.ring import parse_bytes
@@ -155,8 +156,8 @@ _reducers: "weakref.WeakKeyDictionary[Any, tuple]" = weakref.WeakKeyDictionary()
 def step_reducer(model: Any, comm: Any) -> BucketReducer | None:
     """The model's bucket reducer for this step, or ``None`` for the blocking allreduce after
     backward: one process, overlap off, or gradient accumulation (which sums locally first)."""
-    if comm.size == 1:
-        return None
+    if comm.size == 1 or backend.is_device_array(model.grads):  # device gradients: one allreduce, through
+        return None  # distributed/device_collectives (buckets of device memory: not yet, docs/architecture.md)
     optimizer, horovod = model.optimizer, getattr(model, "_horovod", None)
     key = (id(comm), id(model.grads), optimizer.gradient_accumulation_steps, os.environ.get(OVERLAP_ENV),
            os.environ.get(BUCKET_ENV), None if horovod is None else (horovod.overlap, horovod.bucket_bytes))
