@@ -156,8 +156,8 @@ _reducers: "weakref.WeakKeyDictionary[Any, tuple]" = weakref.WeakKeyDictionary()
 def step_reducer(model: Any, comm: Any) -> BucketReducer | None:
     """The model's bucket reducer for this step, or ``None`` for the blocking allreduce after
     backward: one process, overlap off, or gradient accumulation (which sums locally first)."""
-    if comm.size == 1 or backend.is_device_array(model.grads):  # device gradients: one allreduce, through
-        return None  # distributed/device_collectives (buckets of device memory: not yet, docs/architecture.md)
+    if comm.size == 1:
+        return None
     optimizer, horovod = model.optimizer, getattr(model, "_horovod", None)
     key = (id(comm), id(model.grads), optimizer.gradient_accumulation_steps, os.environ.get(OVERLAP_ENV),
            os.environ.get(BUCKET_ENV), None if horovod is None else (horovod.overlap, horovod.bucket_bytes))
@@ -172,7 +172,9 @@ def step_reducer(model: Any, comm: Any) -> BucketReducer | None:
         raise ValueError(f"Every rank must use the same {OVERLAP_ENV} and {BUCKET_ENV} (or DistributedOptimizer "
                          f"overlap/bucket_bytes). Received (overlap, bucket bytes) per rank: {settings}")
     reducer = None
-    if overlap and (optimizer.gradient_accumulation_steps or 1) == 1:
+    # Device gradients take one allreduce through distributed/device_collectives: the buckets' requests
+    # are host MPI ones (docs/architecture.md, "Devices").
+    if overlap and (optimizer.gradient_accumulation_steps or 1) == 1 and not backend.is_device_array(model.grads):
         gradient_comm = horovod.gradient_communicator(comm) if horovod is not None else comm
         # The buckets get a communicator of their own: collectives issued during backward (synchronized
         # BatchNormalization's) come after some buckets on ranks with samples, but before all of them on
