@@ -17,6 +17,6 @@ __all__ = ["activations", "backend", "callbacks", "constraints", "initializers",
 
 # Under an MPI launcher, MPI starts now: from here on, a rank that fails, stalls or leaves early
 # ends the whole job instead of leaving the others waiting (docs/architecture.md, "Reliability").
-from distnn.distributed.world import start_under_launcher  # noqa: E402
+from distnn.distributed.launcher_start import start_under_launcher  # noqa: E402
 
 start_under_launcher()

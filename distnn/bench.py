@@ -3,6 +3,7 @@
 ```
 distnn-bench allreduce -np 2                       # 4 KiB .. 256 MiB, ring/mpi/auto vs the mpi backend
 distnn-bench allreduce -np 4 --sizes 1M,64M --backends ring --compression fp16
+cluster/emulate/two-node.sh mpiexec -- -hosts n1,n2 -n 2 distnn-bench allreduce --link   # vs the network
 distnn-bench anatomy timeline.json                 # a DISTNN_TIMELINE file: each phase's share of a step
 ```
 
@@ -24,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from distnn import bench_link
 from distnn.distributed import anatomy, create_communicator, launched_by_mpi
 from distnn.distributed.ring import parse_bytes
 
-ALLREDUCE_BACKENDS = ("ring", "mpi", "auto")
+ALLREDUCE_BACKENDS = ("ring", "mpi", "auto", "hierarchical")
 REFERENCE = "mpi"
 
 
@@ -90,9 +92,9 @@ def _add_allreduce(subparsers) -> None:
                         help="buffer sizes in bytes: LOW..HIGH (geometric, see --factor) or a "
                              "comma list; K/M/G are binary units (default 4K..256M)")
     parser.add_argument("--factor", type=int, default=2, help="step of a --sizes range (default 2)")
-    parser.add_argument("--backends", default=",".join(ALLREDUCE_BACKENDS), type=_backend_list,
-                        help="comma list among ring, mpi, auto (mpi is always measured, as "
-                             "the reference)")
+    parser.add_argument("--backends", default="ring,mpi,auto", type=_backend_list,
+                        help="comma list among ring, mpi, auto, hierarchical (default ring,mpi,auto; mpi "
+                             "is always measured, as the reference)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--op", choices=("sum", "average"), default="sum")
     parser.add_argument("--compression", choices=("none", "fp16"), default="none")
@@ -104,6 +106,14 @@ def _add_allreduce(subparsers) -> None:
                              "min: the least disturbed by other load on the machine)")
     parser.add_argument("--time-per-size", type=float, default=1.0,
                         help="seconds of timed iterations per size when --iters is not given")
+    parser.add_argument("--link", action="store_true",
+                        help="also measure the network's own limit: a raw TCP stream in both directions "
+                             "between rank 0 and the first rank on another node, before and after the "
+                             "table; adds an 'x link' column (busbw / link limit)")
+    parser.add_argument("--link-device", default=None,
+                        help="network device of --link (default: UCX_NET_DEVICES when it names one)")
+    parser.add_argument("--link-bytes", default="64M", type=_checked(parse_bytes),
+                        help="bytes streamed each way by --link (default 64M)")
     parser.set_defaults(func=run_allreduce)
 
 
@@ -140,6 +150,7 @@ def run_allreduce(args: argparse.Namespace) -> int:
     comms = {name: create_communicator(name, compression=compression) for name in names}
     reference = comms[REFERENCE]
     n, rank = reference.size, reference.rank
+    link = _link(args, reference, "before the table") if args.link else None
 
     if rank == 0:
         _print_header(args, names, reference)
@@ -148,10 +159,26 @@ def run_allreduce(args: argparse.Namespace) -> int:
         timings, ok = _measure(comms, nbytes, dtype, args)
         failed |= not all(ok.values())
         if rank == 0:
-            _print_row(names, comms, nbytes, dtype, timings, ok, n, args.stat)
+            _print_row(names, comms, nbytes, dtype, timings, ok, n, args.stat, link)
+    if args.link:
+        _link(args, reference, "after the table")
     if rank == 0 and failed:
         print("# FAILED: some results were wrong (see the check column)", flush=True)
     return int(failed)
+
+
+def _link(args: argparse.Namespace, reference, when: str) -> float:
+    """The link limit in bytes/s per direction (see distnn.bench_link); rank 0 prints it."""
+    device = args.link_device or bench_link.default_device()
+    if device is None:
+        raise ValueError("`--link` needs the network device: pass --link-device DEV (or set UCX_NET_DEVICES "
+                         "to one device, as cluster/emulate/two-node.sh env does). Received: no device")
+    rate, peer = bench_link.measure_link(reference, device, parse_bytes(args.link_bytes))
+    if reference.rank == 0:
+        print(f"# link limit {when}: {rate / 1e9:.3f} GB/s per direction (raw TCP both ways at once, "
+              f"rank 0 <-> rank {peer} over {device}, {_format_bytes(parse_bytes(args.link_bytes))} each way)",
+              flush=True)
+    return rate
 
 
 def _measure(comms: dict, nbytes: int, dtype: np.dtype, args: argparse.Namespace):
@@ -208,13 +235,13 @@ def _print_header(args: argparse.Namespace, names: list[str], reference) -> None
           "x mpi = mpi backend time / time")
     columns = [f"{'size':>7} {'count':>10} {'iters':>5}"]
     for name in names:
-        extra = "" if name == REFERENCE else f" {'x mpi':>6}"
-        pick = f" {'uses':>4}" if name == "auto" else ""
+        extra = ("" if name == REFERENCE else f" {'x mpi':>6}") + (f" {'x link':>6}" if args.link else "")
+        pick = f" {'uses':>4}" if name in ("auto", "hierarchical") else ""
         columns.append(f"{name + ' time(us)':>15} {'algbw':>6} {'busbw':>6}{extra}{pick}")
     print("#" + " |".join(columns) + " | check", flush=True)
 
 
-def _print_row(names, comms, nbytes, dtype, timings, ok, n, stat) -> None:
+def _print_row(names, comms, nbytes, dtype, timings, ok, n, stat, link: float | None) -> None:
     reduce = min if stat == "min" else statistics.median
     times = {name: reduce(values) for name, values in timings.items()}
     cells = [f" {_format_bytes(nbytes):>7} {nbytes // dtype.itemsize:>10} "
@@ -222,12 +249,14 @@ def _print_row(names, comms, nbytes, dtype, timings, ok, n, stat) -> None:
     for name in names:
         seconds = times[name]
         algbw = nbytes / seconds / 1e9
-        cell = f"{seconds * 1e6:>15.1f} {algbw:>6.2f} {algbw * 2 * (n - 1) / n:>6.2f}"
+        cell = f"{seconds * 1e6:>15.1f} {algbw:>6.3f} {algbw * 2 * (n - 1) / n:>6.3f}"
         if name != REFERENCE:
             cell += f" {times[REFERENCE] / seconds:>6.2f}"
-        if name == "auto":
+        if link is not None:
+            cell += f" {algbw * 2 * (n - 1) / n * 1e9 / link:>6.2f}"
+        if name in ("auto", "hierarchical"):
             wire = comms[name].compression.wire_dtype(dtype).itemsize * (nbytes // dtype.itemsize)
-            cell += f" {comms[name].select(wire):>4}"
+            cell += f" {comms[name].select(wire)[:4]:>4}"
         cells.append(cell)
     failures = [name for name in names if not ok[name]]
     print(" |".join(cells) + " | " + ("OK" if not failures else "FAIL " + ",".join(failures)),

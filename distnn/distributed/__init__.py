@@ -15,10 +15,11 @@ It is also Horovod's API: a Horovod Keras script runs with ``import distnn.distr
 
 Importing this package never imports mpi4py; `init` does, and only under an MPI launcher.
 """
-from distnn.distributed.communicator import (Communicator, MpiCommunicator,
-                                             SingleProcessCommunicator, create_communicator)
+from distnn.distributed.backends import create_communicator
+from distnn.distributed.communicator import Communicator, MpiCommunicator, SingleProcessCommunicator
 from distnn.distributed.compression import Compression, Compressor
 from distnn.distributed.launch_env import LaunchMismatchError
+from distnn.distributed.hierarchical import HierarchicalCommunicator
 from distnn.distributed.ring import AutoCommunicator, RingCommunicator
 from distnn.distributed.world import (barrier, get_communicator, is_initialized, is_root, launched_by_mpi,
                                       local_rank, local_size, rank, size)
@@ -39,6 +40,7 @@ __all__ = [
     "init", "is_initialized", "launched_by_mpi", "get_communicator", "rank", "size", "local_rank", "local_size",
     "is_root", "barrier", "allreduce", "broadcast", "allgather", "broadcast_object", "allgather_object",
     "Communicator", "SingleProcessCommunicator", "MpiCommunicator", "RingCommunicator", "AutoCommunicator",
+    "HierarchicalCommunicator",
     "create_communicator", "Compression", "Compressor", "LaunchMismatchError", "broadcast_weights", "DistributedOptimizer",
     "BroadcastWeights", "MetricAverage", "LearningRateWarmup", "BackupAndRestore", "PREEMPTED_EXIT_CODE",
     "RankMismatchError", "Timeline", "callbacks", "Average", "Sum", "Adasum", "allreduce_", "broadcast_",

@@ -440,34 +440,3 @@ class MpiCommunicator(Communicator):
         sys.stdout.flush()
         sys.stderr.flush()
         self.comm.Abort(code)
-
-
-NAMES = ("auto", "ring", "mpi", "single")
-
-
-def create_communicator(name: str = "auto", comm=None,
-                        compression: str | compression_lib.Compressor | None = None,
-                        ) -> Communicator:
-    """Creates a communicator by name.
-
-    Args:
-        name: `"auto"` (ring or MPI_Allreduce, whichever is faster for the buffer size),
-            `"ring"`, `"mpi"` or `"single"` (one process, no MPI).
-        comm: the mpi4py communicator to work on; `None` means `MPI.COMM_WORLD`.
-        compression: `None`, `"none"`, `"fp16"` or a `Compressor`.
-
-    Returns:
-        A `Communicator`. The MPI ones are created collectively: every process of `comm`
-        must call this.
-    """
-    if name == "single":
-        return SingleProcessCommunicator(compression)
-    if name == "mpi":
-        return MpiCommunicator(comm, compression)
-    # Deferred import: ring.py builds on MpiCommunicator, defined above.
-    from distnn.distributed import ring
-    if name == "ring":
-        return ring.RingCommunicator(comm, compression)
-    if name == "auto":
-        return ring.AutoCommunicator(comm, compression)
-    raise ValueError(f"`name` must be one of {NAMES}. Received: name={name!r}")

@@ -21,7 +21,7 @@ import numpy as np
 from distnn.distributed import compression as compression_lib
 from distnn.distributed import overlap as overlap_lib
 from distnn.distributed import timeline
-from distnn.distributed.communicator import create_communicator
+from distnn.distributed.backends import create_communicator
 from distnn.distributed.world import get_communicator
 from distnn.optimizers import Optimizer
 

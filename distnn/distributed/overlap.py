@@ -33,7 +33,7 @@ import numpy as np
 
 from distnn import backend
 from distnn.distributed import timeline
-from distnn.distributed.communicator import create_communicator
+from distnn.distributed.backends import create_communicator
 from distnn.distributed.ring import parse_bytes
 
 OVERLAP_ENV = "DISTNN_OVERLAP"

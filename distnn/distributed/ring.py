@@ -141,12 +141,20 @@ class RingCommunicator(MpiCommunicator):
 
         for step in range(n - 1):  # allgather
             send_chunk, recv_chunk = (rank + 1 - step) % n, (rank - step) % n
-            if not compressed:  # straight into place, no reduction to keep in cache
+            if not compressed and self._local_size == n:  # one node: straight into place
                 self._sendrecv(flat[bounds[send_chunk]:bounds[send_chunk + 1]],
                                flat[bounds[recv_chunk]:bounds[recv_chunk + 1]], None)
                 continue
+            # Across nodes, in segments even uncompressed: a whole-chunk wait outlasts the stall
+            # monitor's spinning, and while it sleeps between tests nothing feeds the TCP
+            # socket. Measured on the emulated cluster, 2 nodes at 4 Gbit/s, 256 MiB: 0.16 GB/s
+            # whole, 0.38 GB/s in segments (the link: 0.36-0.44). `local_size < size` holds on
+            # every rank or on none, so all ranks cut alike.
             for (s_lo, s_hi), (r_lo, r_hi) in zip(_segments(bounds, send_chunk, n_segments),
                                                   _segments(bounds, recv_chunk, n_segments)):
+                if not compressed:
+                    self._sendrecv(flat[s_lo:s_hi], flat[r_lo:r_hi], None)
+                    continue
                 received = self._sendrecv(flat[s_lo:s_hi], incoming[:r_hi - r_lo], outgoing)
                 np.copyto(flat[r_lo:r_hi], received)
 

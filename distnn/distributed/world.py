@@ -2,51 +2,35 @@
 
 The same script runs alone (`python train.py`) and under an MPI launcher
 (`mpiexec -n 4 python train.py`, `srun --mpi=pmi2`, `distnn-run`). Under a launcher,
-`import distnn` starts MPI at once (`start_under_launcher`), so that from then on an
-uncaught exception on any rank prints its traceback and aborts the whole job, whatever the
-other ranks are doing, and a rank that leaves early or stalls is named (distnn.distributed.stall).
-A plain run never imports mpi4py: importing it initialises MPI, which a plain run must not
-touch (it may even fail without a process manager). `init` also refuses a launch whose
-processes MPI does not connect (distnn.distributed.launch_env).
+`import distnn` starts MPI at once (distnn.distributed.launcher_start); `init` creates the
+communicator, collectively, and refuses a launch whose processes MPI does not connect
+(distnn.distributed.launch_env).
+
+Queries (`rank`, `size`, `local_rank`, `local_size`, `is_root`, `is_initialized`) never start a
+collective: before `init` they answer from what MPI's start at import computed on every rank, so a
+query made on some ranks only (a print on rank 0, `model.summary()`) cannot leave them waiting for
+the others. Collectives (`barrier`, `allreduce`, ...) create the communicator on first use, which
+every rank then does.
 """
 from __future__ import annotations
 
 import importlib.util
-import os
 from typing import Any
 
 import numpy as np
 
-from distnn.distributed import aborts, launch_env, stall, startup
+from distnn.distributed import aborts, launch_env, launcher_start, threads
 from distnn.distributed import compression as compression_lib
-from distnn.distributed.communicator import (ALLREDUCE_DTYPES, NAMES, Communicator,
-                                             SingleProcessCommunicator, create_communicator)
+from distnn.distributed.backends import NAMES, create_communicator
+from distnn.distributed.communicator import ALLREDUCE_DTYPES, Communicator, SingleProcessCommunicator
 from distnn.distributed.launch_env import LAUNCHER_VARIABLES, LaunchMismatchError, launched_by_mpi
+from distnn.distributed.launcher_start import start_under_launcher
 
 __all__ = ["LAUNCHER_VARIABLES", "LaunchMismatchError", "launched_by_mpi", "start_under_launcher", "init",
            "is_initialized", "get_communicator", "rank", "size", "local_rank", "local_size", "is_root", "barrier",
            "allreduce", "broadcast", "allgather", "broadcast_object", "allgather_object"]
 
 _communicator: Communicator | None = None
-
-
-def start_under_launcher() -> None:
-    """Called by `import distnn`: under an MPI launcher, start MPI now and install the abort hooks
-    and the stall monitor, so that a rank failing or leaving at any later point ends the job.
-
-    Nothing happens outside a launcher, without mpi4py, or when the launch is inconsistent (then
-    `init` raises the `LaunchMismatchError` with the explanation).
-    """
-    if not launched_by_mpi() or importlib.util.find_spec("mpi4py") is None:
-        return
-    try:
-        MPI = startup.start_mpi()
-    except LaunchMismatchError:
-        return
-    world = MPI.COMM_WORLD
-    if world.Get_size() > 1:
-        stall.monitor(MPI)
-        aborts.install_abort_hooks(world.Get_rank(), world.Get_size())
 
 
 def init(backend: str = "auto", compression: str | compression_lib.Compressor | None = None,
@@ -58,7 +42,8 @@ def init(backend: str = "auto", compression: str | compression_lib.Compressor | 
     replaces the communicator.
 
     Args:
-        backend: `"auto"`, `"ring"`, `"mpi"` or `"single"` (see `create_communicator`).
+        backend: `"auto"`, `"ring"`, `"hierarchical"`, `"mpi"` or `"single"` (see
+            `create_communicator`).
         compression: `None`, `"none"`, `"fp16"` or a `Compressor`, used by `allreduce`.
 
     Returns:
@@ -86,28 +71,9 @@ def init(backend: str = "auto", compression: str | compression_lib.Compressor | 
         launch_env.check_world_size(1 if launched_by_mpi() else None)
         communicator = SingleProcessCommunicator(compression)
     aborts.install_abort_hooks(communicator.rank, communicator.size)
-    _share_cores(communicator)
+    threads.share_cores(communicator)
     _communicator = communicator
     return communicator
-
-
-_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-def _share_cores(comm: Communicator) -> None:
-    """Give each rank its share of the node's cores for BLAS/OpenMP when nobody chose a count.
-
-    `distnn-run` sets the thread variables before the ranks start; a plain `mpiexec -n 4` does
-    not, and then every rank's BLAS would start one thread per core, oversubscribing the node
-    (a PyTorch MLP epoch went from 2.2 s to 21 s that way). The pools are already loaded
-    by now, so they are resized at run time with threadpoolctl.
-    """
-    if comm.size == 1 or any(os.environ.get(name) for name in _THREAD_VARIABLES):
-        return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    from threadpoolctl import threadpool_limits  # noqa: PLC0415 - only under MPI
-
-    threadpool_limits(max(1, cores // comm.local_size))
 
 
 def is_initialized() -> bool:
@@ -120,24 +86,40 @@ def get_communicator() -> Communicator:
     return _communicator if _communicator is not None else init()
 
 
+def _placement() -> launcher_start.Placement:
+    """rank, size, local rank and local size, without starting a collective."""
+    if _communicator is not None:
+        comm = _communicator
+        return launcher_start.Placement(comm.rank, comm.size, comm.local_rank, comm.local_size)
+    placement = launcher_start.placement()
+    if placement is not None:
+        return placement
+    if launched_by_mpi() and importlib.util.find_spec("mpi4py") is not None:
+        # MPI did not start at import (an inconsistent launch): `init` raises the explanation.
+        # Nothing collective has happened on any rank, so this one call cannot hang.
+        comm = init()
+        return launcher_start.Placement(comm.rank, comm.size, comm.local_rank, comm.local_size)
+    return launcher_start.Placement(0, 1, 0, 1)
+
+
 def rank() -> int:
-    """Index of this process in the job (0 when running alone)."""
-    return get_communicator().rank
+    """Index of this process in the job (0 when running alone); never a collective."""
+    return _placement().rank
 
 
 def size() -> int:
-    """Number of processes in the job (1 when running alone)."""
-    return get_communicator().size
+    """Number of processes in the job (1 when running alone); never a collective."""
+    return _placement().size
 
 
 def local_rank() -> int:
-    """Index of this process among those on its node (picks the GPU)."""
-    return get_communicator().local_rank
+    """Index of this process among those on its node (picks the GPU); never a collective."""
+    return _placement().local_rank
 
 
 def local_size() -> int:
-    """Number of processes on this node."""
-    return get_communicator().local_size
+    """Number of processes on this node; never a collective."""
+    return _placement().local_size
 
 
 def is_root() -> bool:

@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# An emulated two-node cluster on this one machine: two network namespaces joined by a veth pair
+# whose bandwidth is limited with `tc ... tbf`, and an MPI launch whose cross-node traffic crosses
+# that link. For measuring and testing what a real (slower) network changes; needs root.
+#
+#   cluster/emulate/two-node.sh up [RATE]     create (or re-shape) the namespaces and the link
+#   cluster/emulate/two-node.sh rate RATE     change the link's rate ("unlimited" removes the limit)
+#   cluster/emulate/two-node.sh status        namespaces, addresses and the qdisc of each end
+#   cluster/emulate/two-node.sh env [MODE]    print the export lines an MPI job needs (MODE below)
+#   cluster/emulate/two-node.sh mpiexec [MODE] -- ARGS...
+#                                             run the wheel's/PATH's mpiexec inside node 1 with the
+#                                             hosts n1,n2 and the launcher that reaches node 2
+#   cluster/emulate/two-node.sh exec NODE CMD...  run CMD inside node n1 or n2
+#   cluster/emulate/two-node.sh down          delete the namespaces, the hosts files and the state
+#
+# MODE: `flat` (default) for one rank per node: MPICH treats no two ranks as local and UCX uses TCP
+# only, so every byte crosses the link. `nodes` for several ranks per node: MPICH's shared memory
+# within a node, UCX (TCP only) across nodes, so that node-local traffic stays off the link (the
+# hierarchical allreduce's setting).
+#
+# Why each piece (see docs/architecture.md, "The emulated two-node cluster"):
+# - The veth has the same name in both namespaces, so one UCX_NET_DEVICES names it on every rank.
+# - `tbf` shapes both ends (each direction); netem is not available on these machines, so the link
+#   has a bandwidth limit and no added delay.
+# - mpich's wheel reaches other processes through UCX, which picks shared memory whenever both
+#   processes report the same host name (they do: namespaces share the UTS name), bypassing the
+#   link; hence MPIR_CVAR_NOLOCAL / UCX_TLS=tcp,self / UCX_NET_DEVICES in `env`.
+# - hydra starts node 2's proxy through `-launcher ssh -launcher-exec LAUNCHER`, a script that skips
+#   ssh's options and runs `ip netns exec NS sh -c CMD`; mpiexec itself runs inside node 1, and
+#   /etc/netns/NS/hosts (which `ip netns exec` binds over /etc/hosts) names both nodes.
+#
+# Environment (all optional):
+#   DISTNN_EMU_NAME    prefix of the namespaces NAME-n1, NAME-n2 and of the state  [distnn]
+#   DISTNN_EMU_DEV     name of the veth in both namespaces (<= 15 characters)       [dnlink]
+#   DISTNN_EMU_NET     first three octets of the /24 the nodes live on               [10.213.0]
+#   DISTNN_EMU_RATE    rate of `up` without an argument (tc units: 1gbit, 500mbit)   [1gbit]
+#   DISTNN_EMU_DIR     state directory (the launcher script)                        [/tmp/distnn-emu-NAME]
+#   DISTNN_EMU_MPIEXEC the mpiexec of `mpiexec`                      [beside python3, else on PATH]
+set -euo pipefail
+
+NAME="${DISTNN_EMU_NAME:-distnn}"
+DEV="${DISTNN_EMU_DEV:-dnlink}"
+NET="${DISTNN_EMU_NET:-10.213.0}"
+DIR="${DISTNN_EMU_DIR:-/tmp/distnn-emu-$NAME}"
+NODES=(n1 n2)
+NS=("$NAME-n1" "$NAME-n2")
+ADDR=("$NET.1" "$NET.2")
+LAUNCHER="$DIR/launch-node.sh"
+
+log() { echo "two-node: $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+check_args() {
+    [[ $(id -u) -eq 0 ]] || die "needs root (ip netns, tc); running as uid $(id -u)"
+    command -v ip >/dev/null || die "\`ip\` (iproute2) is not installed"
+    command -v tc >/dev/null || die "\`tc\` (iproute2) is not installed"
+    [[ ${#DEV} -le 15 ]] || die "DISTNN_EMU_DEV must have at most 15 characters. Received: DISTNN_EMU_DEV=$DEV"
+    [[ "$NAME" =~ ^[A-Za-z0-9_.-]+$ ]] || die "DISTNN_EMU_NAME must be letters, digits, _ . -. Received: DISTNN_EMU_NAME=$NAME"
+    [[ "$NET" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "DISTNN_EMU_NET must be three octets like 10.213.0. Received: DISTNN_EMU_NET=$NET"
+}
+
+ns_exists() { ip netns list | awk '{print $1}' | grep -qx "$1"; }
+
+# shape RATE: tbf on both ends (a veth end shapes what it sends, so both directions are limited).
+# burst: at least rate/HZ worth of bytes (tbf's minimum for the rate to be reachable), 1 MiB at
+# 1-10 Gbit/s; latency bounds the queue. "unlimited" removes the qdisc.
+shape() {
+    local rate="$1" i
+    for i in 0 1; do
+        if [[ "$rate" == unlimited ]]; then
+            ip netns exec "${NS[$i]}" tc qdisc del dev "$DEV" root 2>/dev/null || true
+        else
+            ip netns exec "${NS[$i]}" tc qdisc replace dev "$DEV" root tbf rate "$rate" burst 1mb latency 50ms \
+                || die "tc refused rate=$rate (use tc units such as 1gbit, 500mbit, or unlimited)"
+        fi
+    done
+}
+
+write_launcher() {
+    # hydra calls: LAUNCHER [ssh options...] HOST COMMAND. ssh options are -x, -q, -o X, -p N...;
+    # the first argument that names a node is the host, the rest is the command line to run there.
+    cat >"$LAUNCHER" <<EOF
+#!/bin/sh
+# Generated by cluster/emulate/two-node.sh: hydra's "ssh" to the emulated nodes.
+while [ \$# -gt 0 ]; do
+    case "\$1" in
+        n1) ns="${NS[0]}"; shift; break ;;
+        n2) ns="${NS[1]}"; shift; break ;;
+        -o|-p|-l|-i|-F|-E|-b|-c|-m|-J|-L|-R|-D|-W|-S|-O|-Q|-w|-e|-I|-B) shift 2 ;;
+        -*) shift ;;
+        *) echo "launch-node.sh: unknown host \$1 (the emulated nodes are n1, n2)" >&2; exit 255 ;;
+    esac
+done
+[ -n "\${ns:-}" ] || { echo "launch-node.sh: no host given" >&2; exit 255; }
+exec ip netns exec "\$ns" sh -c "\$*"
+EOF
+    chmod 0755 "$LAUNCHER"
+}
+
+cmd_up() {
+    local rate="${1:-${DISTNN_EMU_RATE:-1gbit}}" i
+    check_args
+    mkdir -p "$DIR"
+    local host
+    host="$(hostname)"
+    for i in 0 1; do
+        ns_exists "${NS[$i]}" || ip netns add "${NS[$i]}"
+        mkdir -p "/etc/netns/${NS[$i]}"
+        # hydra's proxies connect back to mpiexec by this machine's host name: it must resolve, in
+        # node 2 too, to node 1's link address.
+        cat >"/etc/netns/${NS[$i]}/hosts" <<EOF
+# Generated by cluster/emulate/two-node.sh (bound over /etc/hosts inside ${NS[$i]}).
+127.0.0.1 localhost
+${ADDR[0]} n1 $host
+${ADDR[1]} n2
+EOF
+        ip netns exec "${NS[$i]}" ip link set lo up
+    done
+    if ! ip netns exec "${NS[0]}" ip link show "$DEV" >/dev/null 2>&1; then
+        # Created in the root namespace under temporary names, moved, then given the common name.
+        local tmp0="dnemu$$a" tmp1="dnemu$$b"
+        ip link add "$tmp0" type veth peer name "$tmp1"
+        ip link set "$tmp0" netns "${NS[0]}"
+        ip link set "$tmp1" netns "${NS[1]}"
+        ip netns exec "${NS[0]}" ip link set "$tmp0" name "$DEV"
+        ip netns exec "${NS[1]}" ip link set "$tmp1" name "$DEV"
+    fi
+    for i in 0 1; do
+        ip netns exec "${NS[$i]}" ip addr replace "${ADDR[$i]}/24" dev "$DEV"
+        ip netns exec "${NS[$i]}" ip link set "$DEV" up
+    done
+    write_launcher
+    shape "$rate"
+    log "up: ${NODES[0]}=${ADDR[0]} (${NS[0]}), ${NODES[1]}=${ADDR[1]} (${NS[1]}), link $DEV at $rate"
+}
+
+env_lines() {
+    local mode="${1:-flat}"
+    case "$mode" in
+        flat) echo "export MPIR_CVAR_NOLOCAL=1 UCX_TLS=tcp,self UCX_NET_DEVICES=$DEV" ;;
+        nodes) echo "export MPIR_CVAR_NOLOCAL=0 UCX_TLS=tcp,self UCX_NET_DEVICES=$DEV" ;;
+        *) die "MODE must be flat or nodes. Received: $mode" ;;
+    esac
+    echo "export DISTNN_EMU_LAUNCHER=$LAUNCHER DISTNN_EMU_NS1=${NS[0]} DISTNN_EMU_NS2=${NS[1]}"
+}
+
+require_up() {
+    ns_exists "${NS[0]}" && ns_exists "${NS[1]}" && [[ -x "$LAUNCHER" ]] \
+        || die "the emulated cluster $NAME is not up: run \`$0 up\` first"
+}
+
+cmd_mpiexec() {
+    local mode=flat
+    if [[ "${1:-}" == flat || "${1:-}" == nodes ]]; then mode="$1"; shift; fi
+    [[ "${1:-}" == -- ]] && shift
+    require_up
+    local mpiexec="${DISTNN_EMU_MPIEXEC:-}"
+    if [[ -z "$mpiexec" ]]; then
+        local python_dir
+        python_dir="$(dirname "$(command -v python3 || echo /nonexistent/python3)")"
+        if [[ -x "$python_dir/mpiexec" ]]; then mpiexec="$python_dir/mpiexec"; else mpiexec="$(command -v mpiexec || true)"; fi
+    fi
+    [[ -n "$mpiexec" ]] || die "no mpiexec beside python3 or on PATH (set DISTNN_EMU_MPIEXEC)"
+    eval "$(env_lines "$mode")"
+    exec ip netns exec "${NS[0]}" "$mpiexec" -launcher ssh -launcher-exec "$LAUNCHER" "$@"
+}
+
+cmd_exec() {
+    local node="${1:-}"
+    shift || true
+    require_up
+    case "$node" in
+        n1) exec ip netns exec "${NS[0]}" "$@" ;;
+        n2) exec ip netns exec "${NS[1]}" "$@" ;;
+        *) die "NODE must be n1 or n2. Received: ${node:-nothing}" ;;
+    esac
+}
+
+cmd_status() {
+    local i
+    for i in 0 1; do
+        if ns_exists "${NS[$i]}"; then
+            echo "${NODES[$i]} (${NS[$i]}):"
+            ip netns exec "${NS[$i]}" ip -brief addr show dev "$DEV" 2>/dev/null || echo "  no $DEV"
+            ip netns exec "${NS[$i]}" tc qdisc show dev "$DEV" 2>/dev/null || true
+        else
+            echo "${NODES[$i]} (${NS[$i]}): absent"
+        fi
+    done
+}
+
+cmd_down() {
+    check_args
+    local i removed=()
+    for i in 0 1; do
+        # Deleting a namespace deletes its veth end, and with it the peer.
+        if ns_exists "${NS[$i]}"; then ip netns delete "${NS[$i]}"; removed+=("${NS[$i]}"); fi
+        rm -rf "/etc/netns/${NS[$i]}"
+    done
+    rm -rf "$DIR"
+    log "down: ${removed[*]:-nothing to remove (no namespaces ${NS[*]})}"
+}
+
+case "${1:-}" in
+    up) shift; cmd_up "$@" ;;
+    rate) shift; check_args; require_up; [[ -n "${1:-}" ]] || die "usage: $0 rate RATE"; shape "$1"
+          log "link $DEV at $1" ;;
+    status) cmd_status ;;
+    env) shift; env_lines "${1:-flat}" ;;
+    mpiexec) shift; cmd_mpiexec "$@" ;;
+    exec) shift; cmd_exec "$@" ;;
+    down) cmd_down ;;
+    *) echo "usage: $0 up [RATE] | rate RATE | status | env [flat|nodes] | mpiexec [flat|nodes] -- ARGS | exec n1|n2 CMD... | down" >&2
+       exit 2 ;;
+esac
