@@ -3,8 +3,10 @@
 This is the only module that imports cupy. Everything else asks for the array module with
 ``xp = get_array_module(x)`` (DeZero style) or ``backend.xp()``, so the same layer code runs on both.
 
-The device is chosen once per process from ``DISTNN_DEVICE`` (``cpu`` | ``gpu`` | ``auto``, default
-``cpu``). On a GPU, rank ``r`` of a multi-rank job uses device ``local_rank % device_count``.
+The device is chosen once per process from ``DISTNN_DEVICE`` (``cpu`` | ``gpu`` | ``auto`` | ``strict``,
+default ``cpu``). On a GPU, rank ``r`` of a multi-rank job uses device ``local_rank % device_count``.
+``strict`` is the test mode that stands in for a GPU without one (distnn.testing.strict_device): its
+arrays refuse implicit host conversion as cupy's do, so host/device mixing fails on any machine.
 """
 from __future__ import annotations
 
@@ -13,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-_VALID_DEVICES = ("cpu", "gpu", "auto")
+_VALID_DEVICES = ("cpu", "gpu", "auto", "strict")
 _VALID_FLOATX = ("float16", "float32", "float64")
 
 _floatx = "float32"
-_cupy: Any = None  # the cupy module once a GPU is selected
+_cupy: Any = None  # the device array module (cupy, or the strict stand-in) once a device is selected
 _device: str | None = None
 
 
@@ -72,8 +74,8 @@ def set_device(device: str | None = None, local_rank: int | None = None) -> str:
     """Choose ``"cpu"`` or ``"gpu"`` for this process; returns the device actually used.
 
     Args:
-        device: ``"cpu"``, ``"gpu"`` or ``"auto"`` (GPU when one is visible). ``None`` reads
-            ``DISTNN_DEVICE`` (default ``"cpu"``).
+        device: ``"cpu"``, ``"gpu"``, ``"auto"`` (GPU when one is visible) or ``"strict"`` (the
+            test mode standing in for a GPU). ``None`` reads ``DISTNN_DEVICE`` (default ``"cpu"``).
         local_rank: this process's rank on its node (default: from the launcher's environment);
             picks GPU ``local_rank % n``, with ``n`` = ``DISTNN_GPUS_PER_NODE`` (set by
             ``distnn-run --gpus-per-node``) or the number of visible devices.
@@ -82,6 +84,11 @@ def set_device(device: str | None = None, local_rank: int | None = None) -> str:
     device = (device or os.environ.get("DISTNN_DEVICE", "cpu")).lower()
     if device not in _VALID_DEVICES:
         raise ValueError(f"device must be one of {_VALID_DEVICES}. Received: device={device!r}")
+    if device == "strict":
+        from distnn.testing import strict_device  # noqa: PLC0415 - only in the test mode
+
+        _cupy, _device = strict_device.module, "strict"
+        return _device
     _cupy = None if device == "cpu" else _load_cupy(required=device == "gpu")
     if _cupy is not None:
         per_node = os.environ.get("DISTNN_GPUS_PER_NODE", "")
@@ -93,26 +100,31 @@ def set_device(device: str | None = None, local_rank: int | None = None) -> str:
 
 
 def device() -> str:
-    """The device of this process, ``"cpu"`` or ``"gpu"`` (chosen on first use)."""
+    """The device of this process, ``"cpu"``, ``"gpu"`` or ``"strict"`` (chosen on first use)."""
     if _device is None:
         set_device()
     return _device  # type: ignore[return-value]
 
 
 def xp() -> Any:
-    """The array module of this process's device: numpy or cupy."""
-    return _cupy if device() == "gpu" else np
+    """The array module of this process's device: numpy or cupy (or the strict stand-in)."""
+    return np if device() == "cpu" else _cupy
 
 
 def get_array_module(*arrays: Any) -> Any:
-    """The array module (numpy or cupy) that owns ``arrays``."""
+    """The array module (numpy or cupy) that owns ``arrays`` (numpy when none is a device array)."""
     if _cupy is not None:
         return _cupy.get_array_module(*arrays)
     return np
 
 
+def is_device_array(array: Any) -> bool:
+    """Whether ``array`` lives on the device (a cupy array, or a strict-mode one)."""
+    return _cupy is not None and isinstance(array, _cupy.ndarray)
+
+
 def to_device(array: Any, dtype: Any = None) -> Any:
-    """Move ``array`` to this process's device (a no-op for numpy on the CPU)."""
+    """Move ``array`` to this process's device (a no-op for numpy on the CPU and for device arrays)."""
     return xp().asarray(array, dtype=dtype)
 
 

@@ -177,6 +177,8 @@ def check_model_gradients(model: Any, x: Any, y: Any, sample_weight: Any = None,
     replay_noise = _noise_replayer(model._flatten_layers())
     replay_noise()
     _, grads = model.compute_gradients(x, y, sample_weight)
+    ys = [backend.to_device(t) for t in ys]  # the loss compares on the device, as in a training step
+    weights = None if weights is None else backend.to_device(weights)
 
     def objective() -> float:
         replay_noise()

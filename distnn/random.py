@@ -223,7 +223,7 @@ def dropout_mask(inputs: Any, rate: float, noise_shape: Any = None, seed: Any = 
     threshold = np.uint32(min(round(rate * 2.0**32), 2**32 - 1))  # P(bits >= threshold) = 1 - rate
     mask = (_half_words(key, first, math.prod(shape)) >= threshold).astype(value.dtype).reshape(shape)
     mask *= mask.dtype.type(1.0 / (1.0 - rate))
-    return backend.to_device(mask)
+    return backend.get_array_module(value).asarray(mask)  # where the inputs are: uploaded for device inputs
 
 
 def dropout(inputs: Any, rate: float, noise_shape: Any = None, seed: Any = None) -> Any:

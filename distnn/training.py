@@ -285,7 +285,8 @@ class TrainingMixin:
         seeds = [(output, self._output_gradient(tape, spec, output, y, weights, global_count))
                  for spec, output, y in zip(self._outputs, outputs, ys) if spec.loss is not None]
         share = local_count / global_count  # an added loss is a batch mean: weight it by the shard's share
-        seeds += [(loss, np.asarray(share, dtype=self.grads.dtype)) for loss in self.losses if isinstance(loss, Tensor)]
+        xp = backend.get_array_module(self.grads)
+        seeds += [(loss, xp.full((), share, dtype=self.grads.dtype)) for loss in self.losses if isinstance(loss, Tensor)]
         with timeline.phase("backward"):
             if reducer is None:
                 tape.backward(seeds, seeds_owned=True)
@@ -624,7 +625,8 @@ def _tape_loss_gradient(loss: Any, y_true: Any, y_pred: Any, scale: Any) -> Any:
         if values.ndim > 1:
             values = ops_mean(ops_reshape(values, (len(y_pred), -1)), axis=1)
         total = ops_sum(ops_multiply(values, np.reshape(scale, (-1,)) if np.ndim(scale) else scale))
-    tape.backward([(total, np.ones((), dtype=y_pred.dtype))])
+    xp = backend.get_array_module(y_pred)
+    tape.backward([(total, xp.ones((), dtype=y_pred.dtype))])
     if leaf.grad is None:
-        return np.zeros_like(y_pred)
+        return xp.zeros_like(y_pred)
     return leaf.grad.astype(y_pred.dtype, copy=False)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from distnn import distributed
+from distnn import backend, distributed
 
 
 def parser(description: str, epochs: int, batch_size: int, optimizer: str) -> argparse.ArgumentParser:
@@ -82,7 +82,7 @@ def finish(model: Any, args: argparse.Namespace, x_test: np.ndarray, y_test: np.
     if distributed.is_root():
         print(f"test_loss={loss:.4f} test_accuracy={accuracy:.4f}", flush=True)
         if args.save_weights:
-            np.save(args.save_weights, np.asarray(model.params))
+            np.save(args.save_weights, backend.to_numpy(model.params))
         if args.save_model:
             model.save(args.save_model)
     return accuracy

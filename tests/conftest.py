@@ -15,6 +15,54 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--device", choices=("cpu", "strict"), default=None,
+                     help="array device for the suite and the processes it starts (sets DISTNN_DEVICE); "
+                          "'strict' is the GPU stand-in that refuses implicit host conversion")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "host_only(reason): needs host numpy arrays; skipped under --device=strict")
+    device = config.getoption("--device")
+    if device is not None:  # before distnn picks its device; children inherit it through os.environ
+        os.environ["DISTNN_DEVICE"] = device
+    if os.environ.get("DISTNN_DEVICE") == "strict":
+        _assertions_read_device_arrays()
+
+
+def _assertions_read_device_arrays() -> None:
+    """numpy.testing's assertions download device arrays: a test's check is its own explicit host read
+    (as Keras tests compare tensors with numpy), while the library itself stays strict."""
+    import numpy.testing  # noqa: PLC0415
+
+    from distnn import backend  # noqa: PLC0415
+
+    def host(value: object) -> object:
+        if backend.is_device_array(value):
+            return backend.to_numpy(value)
+        if type(value) in (list, tuple):
+            return type(value)(host(v) for v in value)
+        return value
+
+    def reading(assertion):
+        def checked(*args, **kwargs):
+            return assertion(*(host(a) for a in args), **{k: host(v) for k, v in kwargs.items()})
+        return checked
+
+    for name in ("assert_allclose", "assert_array_equal", "assert_equal", "assert_array_almost_equal",
+                 "assert_almost_equal", "assert_array_less", "assert_array_max_ulp"):
+        setattr(numpy.testing, name, reading(getattr(numpy.testing, name)))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    if os.environ.get("DISTNN_DEVICE") != "strict":
+        return
+    for item in items:
+        marker = item.get_closest_marker("host_only")
+        if marker is not None:
+            item.add_marker(pytest.mark.skip(reason=f"host_only under --device=strict: {marker.args[0]}"))
+
+
 def find_mpiexec() -> str | None:
     """The mpiexec beside this interpreter (the embedded MPICH wheel), else the one on PATH."""
     beside = Path(sys.executable).parent / "mpiexec"

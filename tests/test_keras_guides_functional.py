@@ -190,7 +190,7 @@ def test_feature_extraction_from_intermediate_layers():
     extracted_features = feat_extraction_model(img)
     assert [np.shape(f) for f in extracted_features] == [(1, 16, 16, 3), (1, 14, 14, 4), (1, 7, 7, 4),
                                                          (1, 196), (1, 5)]
-    np.testing.assert_allclose(np.asarray(extracted_features[-1]), np.asarray(model(img)), rtol=1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(extracted_features[-1]), ops.convert_to_numpy(model(img)), rtol=1e-6)
 
 
 class CustomDense(layers.Layer):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import distnn as keras
-from distnn import layers
+from distnn import layers, ops
 
 
 @pytest.fixture(autouse=True)
@@ -19,7 +19,7 @@ def test_sequential_equals_the_chained_layers():
     y = model(x)
     layer1, layer2, layer3 = model.layers
     assert [layer.name for layer in model.layers] == ["layer1", "layer2", "layer3"]
-    np.testing.assert_allclose(np.asarray(y), np.asarray(layer3(layer2(layer1(x)))), rtol=1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(y), ops.convert_to_numpy(layer3(layer2(layer1(x)))), rtol=1e-6)
 
 
 def test_add_and_pop():
@@ -82,11 +82,11 @@ def test_feature_extraction_with_a_sequential_model():
     x = np.ones((1, 40, 40, 3), dtype="float32")
     features = feature_extractor(x)
     assert [np.shape(f) for f in features] == [(1, 18, 18, 32), (1, 16, 16, 32), (1, 14, 14, 32)]
-    np.testing.assert_allclose(np.asarray(features[-1]), np.asarray(initial_model(x)), rtol=1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(features[-1]), ops.convert_to_numpy(initial_model(x)), rtol=1e-6)
 
     one = keras.Model(inputs=initial_model.inputs,
                       outputs=initial_model.get_layer(name="my_intermediate_layer").output)
-    np.testing.assert_allclose(np.asarray(one(x)), np.asarray(features[1]), rtol=1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(one(x)), ops.convert_to_numpy(features[1]), rtol=1e-6)
 
 
 def test_transfer_learning_freezes_all_but_the_last_layer():

@@ -49,7 +49,7 @@ def test_linear_with_weights_created_in_init():
     y = linear_layer(x)
     assert y.shape == (2, 4)
     assert linear_layer.weights == [linear_layer.w, linear_layer.b]
-    np.testing.assert_allclose(np.asarray(y), np.ones((2, 2)) @ linear_layer.w.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(y), np.ones((2, 2)) @ linear_layer.w.numpy(), rtol=1e-6)
 
 
 def test_compute_sum_non_trainable_weight():
@@ -65,9 +65,9 @@ def test_compute_sum_non_trainable_weight():
     x = np.ones((2, 2), dtype="float32")
     my_sum = ComputeSum(2)
     y = my_sum(x)
-    np.testing.assert_array_equal(np.asarray(y), [2.0, 2.0])
+    np.testing.assert_array_equal(ops.convert_to_numpy(y), [2.0, 2.0])
     y = my_sum(x)
-    np.testing.assert_array_equal(np.asarray(y), [4.0, 4.0])
+    np.testing.assert_array_equal(ops.convert_to_numpy(y), [4.0, 4.0])
     assert len(my_sum.weights) == 1
     assert len(my_sum.non_trainable_weights) == 1
     assert my_sum.trainable_weights == []
@@ -131,7 +131,7 @@ def test_add_loss_and_losses_reset_per_call():
     assert len(layer.losses) == 1
     _ = layer(np.full((1, 1), 3.0, dtype="float32"))
     assert len(layer.losses) == 1
-    np.testing.assert_allclose(float(np.asarray(layer.losses[0])), 0.03, rtol=1e-6)
+    np.testing.assert_allclose(float(ops.convert_to_numpy(layer.losses[0])), 0.03, rtol=1e-6)
 
 
 def test_add_loss_is_added_to_the_fit_loss():
@@ -189,7 +189,7 @@ class Sampling(layers.Layer):
     def call(self, inputs):
         z_mean, z_log_var = inputs
         epsilon = self.rng.standard_normal(np.shape(z_mean.value if hasattr(z_mean, "value") else z_mean))
-        return z_mean + ops.exp(0.5 * z_log_var) * epsilon.astype("float32")
+        return z_mean + ops.exp(0.5 * z_log_var) * ops.convert_to_tensor(epsilon.astype("float32"))  # to the device
 
 
 class Encoder(layers.Layer):

@@ -113,9 +113,9 @@ def test_custom_metric_subclass_counts_over_the_epoch():
     metric = CategoricalTruePositives()
     assert [v.name for v in metric.variables] == ["categorical_true_positives/ctp"]
     metric.update_state(np.array([[1], [2]]), np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]))
-    assert float(np.asarray(metric.result())) == 1.0
+    assert float(ops.convert_to_numpy(metric.result())) == 1.0
     metric.reset_state()
-    assert float(np.asarray(metric.result())) == 0.0
+    assert float(ops.convert_to_numpy(metric.result())) == 0.0
 
     model = get_uncompiled_model()
     model.compile(optimizer=keras.optimizers.RMSprop(learning_rate=1e-3),

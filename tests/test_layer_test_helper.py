@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from distnn import ops
+from distnn import backend, ops
 from distnn.layers import Layer, Lambda
 from distnn.testing import run_layer_test
 
@@ -76,7 +76,7 @@ class StateOutsideWeights(Scale):
 
     def build(self, input_shape):
         super().build(input_shape)
-        self.hidden = np.random.default_rng().standard_normal(input_shape[-1]).astype("float32")
+        self.hidden = backend.to_device(np.random.default_rng().standard_normal(input_shape[-1]).astype("float32"))
 
     def call(self, x):
         return x * self.w + self.hidden

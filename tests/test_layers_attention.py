@@ -127,7 +127,7 @@ def test_mha_masks_match_reference(case):
 
 def _tape_gradients(layer, query, value, upstream, **kwargs):
     with Tape() as tape:
-        q, v = Tensor(query, tape), Tensor(value, tape)
+        q, v = Tensor(backend.to_device(query), tape), Tensor(backend.to_device(value), tape)
         output = layer(q, v, training=True, **kwargs)
         if isinstance(output, tuple):
             output = output[0]

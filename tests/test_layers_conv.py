@@ -212,7 +212,7 @@ def test_backward_writes_into_the_flat_gradient_buffer_and_skips_dx_for_the_firs
         assert np.shares_memory(layer.kernel.grad, model.grads) and np.shares_memory(layer.bias.grad, model.grads)
     np.testing.assert_array_equal(grads, model.grads)
     assert np.count_nonzero(first.kernel.grad) == first.kernel.size
-    assert first.backward(np.ones((5, 6, 6, 4), np.float32)) is None
+    assert first.backward(backend.to_device(np.ones((5, 6, 6, 4), np.float32))) is None
 
 
 def test_training_reuses_buffers_between_steps():
@@ -221,7 +221,7 @@ def test_training_reuses_buffers_between_steps():
 
     def step() -> dict:
         with Tape() as tape:
-            y = layer(Tensor(x, tape), training=True)
+            y = layer(Tensor(backend.to_device(x), tape), training=True)
         tape.backward([(y, np.ones((4, 7, 7, 4), np.float32))])
         return {key: id(buf) for key, buf in layer._buffers.items()}
 

@@ -131,7 +131,7 @@ def test_masking_zeroes_and_masks_steps(float64):
     expected[0, 1] = 0.0
     np.testing.assert_array_equal(layer(x), expected)
     with Tape() as tape:
-        leaf = Tensor(x, tape)
+        leaf = Tensor(backend.to_device(x), tape)
         y = layer(leaf)
     tape.backward([(y, np.ones_like(x))])
     np.testing.assert_array_equal(leaf.grad, (expected != 0) | (x != -1.0).any(-1, keepdims=True))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import distnn
-from distnn import layers, ops
+from distnn import backend, layers, ops
 from distnn.gradient_check import check_layer_gradients
 
 x = np.arange(6, dtype="float32").reshape(2, 3) - 2
@@ -44,7 +44,7 @@ def test_arguments_mask_and_training_reach_the_function():
         return t + amount
 
     layer = layers.Lambda(fn, arguments={"amount": 2.0})
-    mask = np.array([True, False])
+    mask = backend.to_device(np.array([True, False]))  # on the device: passed as is
     np.testing.assert_allclose(layer(x, mask=mask, training=True), x + 2)
     assert seen["mask"] is mask and seen["training"] is True
     layers.Lambda(shift)(x)  # a function without mask/training is not given them
@@ -127,7 +127,8 @@ def test_bad_arguments():
 
 def test_identity():
     layer = layers.Identity()
-    assert layer(x) is x and layer.supports_masking and layer.built
+    device_x = backend.to_device(x)  # a host x is uploaded first (on a GPU), so identity holds on the device
+    assert layer(device_x) is device_x and layer.supports_masking and layer.built
     pair = [distnn.Input((3,)), distnn.Input((2, 2))]
     out = layer(pair)
     assert [t.shape for t in out] == [(None, 3), (None, 2, 2)]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import distnn
-from distnn import layers, ops
+from distnn import backend, layers, ops
 from distnn.layers import base
 from distnn.ops import Tape, Tensor
 from distnn.ops.core import value_of
@@ -84,7 +84,7 @@ def test_padding_gets_no_gradient_in_training(build):
     model = build(consumer)
     x = padded_batch()
     with Tape() as tape:
-        leaf = Tensor(x, tape)
+        leaf = Tensor(backend.to_device(x), tape)
         out = model(leaf, training=True)
     tape.backward([(out, np.ones(out.shape, "float32"))])
     assert consumer.seen.tolist() == EXPECTED_MASK
@@ -123,7 +123,7 @@ def test_merging_layers_combine_masks_in_a_model():
 
 def test_an_explicit_mask_argument_wins():
     consumer = MaskedMean()
-    mask = np.array([[True, False, False, False]] * 3)
+    mask = backend.to_device(np.array([[True, False, False, False]] * 3))  # on the device: passed as is
     consumer(padded_batch(), mask=mask)
     assert consumer.seen is mask
 

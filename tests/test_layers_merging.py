@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import distnn
-from distnn import layers
+from distnn import backend, layers
 from distnn.ops import Tape, Tensor
 
 rng = np.random.default_rng(0)
@@ -75,7 +75,7 @@ def test_symbolic_shapes():
 def test_residual_add_sends_the_gradient_to_both_branches():
     layer = layers.Add()
     with Tape() as tape:
-        x, y = Tensor(a, tape), Tensor(b, tape)
+        x, y = Tensor(backend.to_device(a), tape), Tensor(backend.to_device(b), tape)
         out = layer([x, layers.Multiply()([x, y])])
     seed = np.ones_like(a)
     tape.backward([(out, seed)])

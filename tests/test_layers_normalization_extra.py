@@ -178,14 +178,14 @@ def test_fused_backward_equals_the_tape_reference(make, reference):
     layer = make()
     layer(x)
     with Tape() as tape:
-        leaf = Tensor(x, tape)
+        leaf = Tensor(backend.to_device(x), tape)
         y = layer(leaf, training=True)
     tape.backward([(y, upstream)])
     fused = [leaf.grad] + [w.grad.copy() for w in layer.trainable_weights]
 
     with Tape() as tape:
-        leaf = Tensor(x, tape)
-        weights = [Tensor(w.numpy(), tape) for w in layer.trainable_weights]
+        leaf = Tensor(backend.to_device(x), tape)
+        weights = [Tensor(backend.to_device(w.numpy()), tape) for w in layer.trainable_weights]
         y_ref = reference(leaf, weights)
     tape.backward([(y_ref, upstream)])
     np.testing.assert_allclose(y.value, y_ref.value, rtol=1e-13, atol=1e-13)

@@ -6,6 +6,7 @@ import re
 import numpy as np
 import pytest
 
+from distnn import backend
 from distnn.layers import (AveragePooling1D, AveragePooling2D, Dense, Flatten, GlobalAveragePooling1D,
                            GlobalAveragePooling2D, GlobalMaxPooling1D, GlobalMaxPooling2D, MaxPooling1D, MaxPooling2D,
                            ZeroPadding1D, ZeroPadding2D)
@@ -106,7 +107,7 @@ def test_max_pooling_gradient_goes_to_the_first_maximum_only():
     for layer in (MaxPooling2D(), GlobalMaxPooling2D()):
         layer(x, training=True)
         grad = np.ones((1, 2, 2, 1), np.float32) if isinstance(layer, MaxPooling2D) else np.ones((1, 1), np.float32)
-        dx = layer.backward(grad)[0, :, :, 0]
+        dx = layer.backward(backend.to_device(grad))[0, :, :, 0]
         if isinstance(layer, MaxPooling2D):
             expected = np.zeros((4, 4))
             expected[0, 0] = expected[0, 2] = expected[2, 0] = expected[2, 3] = 1

@@ -42,17 +42,18 @@ def _run_on_tape(layer, x, reference, states=None, **kwargs):
     """Outputs, then every gradient (weights, input, initial states) of sum(r_i * output_i)."""
     layer.seed_generator.state = [layer.seed_generator.state[0], 0]  # the same dropout masks for both paths
     with Tape() as tape:
-        x_leaf = Tensor(x, tape)
-        state_leaves = None if states is None else [Tensor(s, tape) for s in states]
+        x_leaf = Tensor(backend.to_device(x), tape)
+        state_leaves = None if states is None else [Tensor(backend.to_device(s), tape) for s in states]
         call = layer._reference_call if reference else layer
         y = call(x_leaf, initial_state=state_leaves, **kwargs)
     outputs = y if isinstance(y, list) else [y]
     for v in layer.trainable_weights:
         v.grad[...] = 0
-    tape.backward([(out, np.random.default_rng(10 + i).standard_normal(out.shape)) for i, out in enumerate(outputs)])
+    tape.backward([(out, backend.to_device(np.random.default_rng(10 + i).standard_normal(out.shape)))
+                   for i, out in enumerate(outputs)])
     grads = [v.grad.copy() for v in layer.trainable_weights] + [x_leaf.grad]
     grads += [] if states is None else [s.grad if s.grad is not None else np.zeros_like(s.value) for s in state_leaves]
-    return [np.array(o.value) for o in outputs], grads
+    return [backend.to_numpy(o.value) for o in outputs], grads
 
 
 # ------------------------------------------------------------------------------------ fused vs reference
@@ -78,7 +79,7 @@ def test_fused_path_trains_and_reference_covers_recurrent_dropout():
     layer = LSTM(U, recurrent_dropout=0.3, dropout=0.2, seed=5, return_sequences=True)
     x = _x()
     inference = layer(x)
-    np.testing.assert_allclose(inference, layer._reference_call(x), atol=1e-12)  # no dropout outside training
+    np.testing.assert_allclose(inference, layer._reference_call(backend.to_device(x)), atol=1e-12)  # no dropout outside training
     trained = layer(x, training=True)
     assert np.abs(trained - inference).max() > 1e-3  # masks are applied
     assert check_layer_gradients(layer, x=x).max_error < 1e-6  # the tape path, masks replayed
@@ -262,7 +263,7 @@ def test_masked_outputs_repeat_the_state_or_are_zero():
     zero = LSTM(U, return_sequences=True, zero_output_for_mask=True)
     zero.build((None, T, F))
     zero.set_weights(layer.get_weights())
-    np.testing.assert_array_equal(zero(x, mask=mask), y * mask[:, :, None])
+    np.testing.assert_array_equal(zero(x, mask=mask), backend.to_numpy(y) * mask[:, :, None])
 
 
 def test_masking_layer_feeds_the_recurrent_layer():
@@ -392,7 +393,7 @@ def test_a_view_of_a_shared_gradient_is_not_overwritten_by_a_fused_layer():
     grads = []
     for reshaped in (False, True):
         with Tape() as tape:
-            leaf = Tensor(x, tape)
+            leaf = Tensor(backend.to_device(x), tape)
             other = second(leaf)
             total = first(leaf) + (ops.reshape(other, (4, 3)) if reshaped else other)
         tape.backward([(total, np.ones((4, 3)))])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import run_mpi, run_python
-from distnn import layers, random
+from distnn import backend, layers, random
 from distnn.ops.core import value_of
 
 
@@ -25,7 +25,7 @@ def reference_conv(x, kernel, strides=(1, 1), pads=((0, 0), (0, 0))):
 
 
 def as_numpy(y):
-    return np.asarray(value_of(y))
+    return backend.to_numpy(value_of(y))
 
 
 def random_array(shape, seed=0):

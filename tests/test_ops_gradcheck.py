@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pytest
 
-from distnn import ops
+from distnn import backend, ops
 from distnn.ops.core import defop
 
 TOLERANCE = 1e-6
@@ -30,9 +30,9 @@ def numeric_gradient(fn: Callable, arrays: list[np.ndarray], index: int, weight:
     for position in np.ndindex(x.shape):
         original = x[position]
         x[position] = original + step
-        up = float(np.sum(weight * np.asarray(fn(*arrays))))
+        up = float(np.sum(weight * backend.to_numpy(fn(*arrays))))
         x[position] = original - step
-        down = float(np.sum(weight * np.asarray(fn(*arrays))))
+        down = float(np.sum(weight * backend.to_numpy(fn(*arrays))))
         x[position] = original
         grad[position] = (up - down) / (2 * step)
     return grad
@@ -42,15 +42,15 @@ def check_gradient(fn: Callable, *arrays: Any, argnums: Sequence[int] | None = N
                    tolerance: float = TOLERANCE, seed: int = 0) -> list[np.ndarray]:
     """Assert that the tape's gradients of ``fn`` match finite differences; returns the analytic ones."""
     arrays = [np.array(a, dtype=np.float64) for a in arrays]
-    output = np.asarray(fn(*arrays))  # no tape: the plain forward
+    output = backend.to_numpy(fn(*arrays))  # no tape: the plain forward
     assert output.dtype == np.float64, f"the op changed float64 to {output.dtype}"
     weight = np.random.default_rng(seed).standard_normal(output.shape)
     value, grads = ops.value_and_grad(fn, *arrays, output_gradient=weight)
-    np.testing.assert_allclose(np.asarray(value), output, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(backend.to_numpy(value), output, rtol=1e-12, atol=1e-12)
     for i in range(len(arrays)) if argnums is None else argnums:
         assert np.shape(grads[i]) == arrays[i].shape, f"argument {i}: gradient shape {np.shape(grads[i])}"
         numeric = numeric_gradient(fn, arrays, i, weight, step)
-        error = relative_error(np.asarray(grads[i], dtype=np.float64), numeric)
+        error = relative_error(backend.to_numpy(grads[i]).astype(np.float64), numeric)
         assert error <= tolerance, \
             f"argument {i}: relative error {error:.2e}\nanalytic:\n{grads[i]}\nnumeric:\n{numeric}"
     return grads

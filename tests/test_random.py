@@ -7,7 +7,7 @@ draw. tests/test_distributed_training.py checks the same end to end with real mp
 import numpy as np
 import pytest
 
-from distnn import data, random
+from distnn import backend, data, random
 from distnn.distributed import BackupAndRestore
 from distnn.callbacks import Callback
 from distnn.layers import Dense, Dropout
@@ -25,7 +25,7 @@ def sharded(draw, x, n, seed=5, step=(1, 2)):
         start, stop = data.shard_bounds(len(x), rank, n)
         if stop > start:  # fit runs no forward pass on an empty shard
             with random.training_step(seed, step, offset=start, count=stop - start):
-                parts.append(np.asarray(draw(x[start:stop])))
+                parts.append(backend.to_numpy(draw(backend.to_device(x[start:stop]))))
     return np.concatenate(parts)
 
 

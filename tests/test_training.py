@@ -3,7 +3,7 @@ determinism, frozen layers and the errors a user gets for bad input."""
 import numpy as np
 import pytest
 
-from distnn import optimizers
+from distnn import backend, optimizers
 from distnn.layers import Dense, Dropout
 from distnn.models import Sequential
 from distnn.utils import set_random_seed, to_categorical
@@ -72,7 +72,7 @@ def test_evaluate_and_predict_do_not_depend_on_batch_size():
 
 def test_one_full_batch_step_is_params_minus_lr_times_gradient():
     model = small_model(optimizers.SGD(0.5))
-    before = model.params.copy()
+    before = backend.to_numpy(model.params).copy()
     loss, grads = model.compute_gradients(X, Y)
     np.testing.assert_array_equal(model.params, before)  # compute_gradients does not update
     history = model.fit(X, Y, batch_size=len(X), epochs=1, verbose=0)
@@ -83,10 +83,10 @@ def test_one_full_batch_step_is_params_minus_lr_times_gradient():
 def test_minibatch_epoch_equals_a_hand_written_loop():
     model = small_model(optimizers.SGD(0.1, momentum=0.9))
     reference = small_model(seed=0)
-    velocity = np.zeros_like(reference.params)
+    velocity = backend.xp().zeros_like(reference.params)
     for start in range(0, len(X), 20):  # shuffle=False: batches in order, the last one ragged (16)
         _, grads = reference.compute_gradients(X[start:start + 20], Y[start:start + 20])
-        velocity = 0.9 * velocity - 0.1 * grads
+        velocity = 0.9 * velocity - 0.1 * backend.to_device(grads)  # a host copy, as compute_gradients returns
         reference.params += velocity
     model.fit(X, Y, batch_size=20, epochs=1, shuffle=False, verbose=0)
     np.testing.assert_allclose(model.params, reference.params, rtol=1e-5, atol=1e-6)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from distnn import backend
 from distnn.data import arrays
 from distnn.data.adapters import ArraySource, BatchSource, batch_fingerprint
 from distnn.data.prefetch import Prefetcher
@@ -80,10 +81,12 @@ class ArrayTrainPlan:
 
     def epoch(self, seed: int, epoch: int, first_step: int) -> Iterator[Step]:
         steps = self._steps(seed, epoch, first_step)
-        if not self.source.file_backed:  # rows of in-memory arrays are gathered in place
+        if not self.source.file_backed and backend.device() == "cpu":  # rows of in-memory arrays are gathered in place
             yield from steps
             return
-        with Prefetcher(lambda: steps) as prefetched:  # files are read by a loader thread, ahead
+        # Files are read, and on a device each batch is uploaded, by a loader thread one step ahead,
+        # so the next batch's copy overlaps the current step (docs/architecture.md, "Devices").
+        with Prefetcher(lambda: steps) as prefetched:
             yield from prefetched
 
     def _steps(self, seed: int, epoch: int, first_step: int) -> Iterator[Step]:

@@ -29,7 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from distnn import backend
 from distnn.distributed import compression as compression_lib
+from distnn.distributed import device_collectives
 from distnn.distributed import stall, startup
 
 ALLREDUCE_OPS = ("sum", "average")
@@ -101,13 +103,17 @@ class Communicator(abc.ABC):
         Returns:
             `array` itself.
         """
-        _check_array(array)
+        on_device = backend.is_device_array(array)  # device arrays: see device_collectives
+        if not on_device:
+            _check_array(array)
         if array.dtype not in ALLREDUCE_DTYPES:
             raise TypeError(f"`array` must be float32 or float64. Received: array with "
                             f"dtype={array.dtype}")
         if op not in ALLREDUCE_OPS:
             raise ValueError(f"`op` must be one of {ALLREDUCE_OPS}. Received: op={op!r}")
         if self.size > 1 and array.size > 0:
+            if on_device:
+                return device_collectives.allreduce(self, array, op)
             self._allreduce(array.reshape(-1), op)
         return array
 
@@ -121,9 +127,13 @@ class Communicator(abc.ABC):
         Returns:
             `array` itself.
         """
-        _check_array(array)
+        on_device = backend.is_device_array(array)
+        if not on_device:
+            _check_array(array)
         self._check_root(root)
         if self.size > 1 and array.size > 0:
+            if on_device:
+                return device_collectives.bcast(self, array, root)
             self._bcast(array, root)
         return array
 
@@ -139,6 +149,8 @@ class Communicator(abc.ABC):
         Returns:
             A new array of shape `(sum of axis-0 lengths,) + array.shape[1:]`.
         """
+        if backend.is_device_array(array):
+            return device_collectives.allgather(self, array)
         if not isinstance(array, np.ndarray):
             raise TypeError(f"`array` must be a numpy.ndarray. Received: array of type "
                             f"{type(array).__name__}")

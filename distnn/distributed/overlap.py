@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from distnn import backend
 from distnn.distributed import timeline
 from distnn.distributed.backends import create_communicator
 from distnn.distributed.ring import parse_bytes
@@ -181,7 +182,9 @@ def step_reducer(model: Any, comm: Any) -> BucketReducer | None:
         return cached[1]
     overlap, bucket_bytes = _settings(model)  # the ranks agreed on them (agreed_settings)
     reducer = None
-    if overlap and (optimizer.gradient_accumulation_steps or 1) == 1:
+    # Device gradients take one allreduce through distributed/device_collectives: the buckets' requests
+    # are host MPI ones (docs/architecture.md, "Devices").
+    if overlap and (optimizer.gradient_accumulation_steps or 1) == 1 and not backend.is_device_array(model.grads):
         gradient_comm = horovod.gradient_communicator(comm) if horovod is not None else comm
         # The buckets get a communicator of their own: collectives issued during backward (synchronized
         # BatchNormalization's) come after some buckets on ranks with samples, but before all of them on

@@ -568,6 +568,8 @@ class Layer:
                 self._check_built_shape(shapes)
             # Found whether or not ``call`` takes it: a layer that only passes masks through
             # (``supports_masking`` or its own ``compute_mask``) still needs its input's mask.
+            if "mask" in kwargs:  # an explicit host mask moves to the device, as the inputs do
+                kwargs["mask"] = symbolic.map_structure(_to_array, kwargs["mask"])
             input_mask = kwargs["mask"] if "mask" in kwargs else self._input_mask(inputs)
             if "mask" not in kwargs and _accepts(self.call, "mask"):
                 kwargs["mask"] = input_mask

@@ -157,11 +157,16 @@ class BatchNormalization(Layer):
             if count is not None:
                 self._global_count = count
             return local
-        host = np.append(backend.to_numpy(local).astype(np.float64).ravel(), [] if count is None else [count])
-        comm.allreduce(host, op="sum")
+        # Summed in float64 where the statistics live (the communicator dispatches device arrays:
+        # docs/architecture.md, "Devices"); only the element count comes back to the host.
+        xp = backend.get_array_module(local)
+        sums = local.astype(xp.float64).ravel()
         if count is not None:
-            self._global_count, host = int(host[-1]), host[:-1]
-        return backend.to_device(host.reshape(local.shape), dtype=local.dtype)
+            sums = xp.concatenate([sums, xp.full(1, count, dtype=xp.float64)])
+        comm.allreduce(sums, op="sum")
+        if count is not None:
+            self._global_count, sums = int(sums[-1]), sums[:-1]
+        return sums.reshape(local.shape).astype(local.dtype, copy=False)
 
     def empty_shard_forward(self) -> None:
         """A rank with no samples in this step still joins the statistics' sums (with zeros) and

@@ -133,8 +133,8 @@ class Tape:
         and reported first.
         """
         for tensor, grad in seeds:
-            if isinstance(tensor, Tensor) and tensor.tape is self:
-                accumulate(tensor, grad, seeds_owned)
+            if isinstance(tensor, Tensor) and tensor.tape is self:  # a host seed of a device value is uploaded
+                accumulate(tensor, backend.get_array_module(tensor.value).asarray(grad), seeds_owned)
         finals = self._final_writes(variables, on_final) if on_final is not None else None
         for index in range(len(self.nodes) - 1, -1, -1):
             node = self.nodes[index]

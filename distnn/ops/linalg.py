@@ -66,11 +66,11 @@ def _tensordot_grads(node, g: Any, x1: Any, x2: Any, axes1: list[int], axes2: li
         # tensordot(g, x2) keeps x2's contracted axes in increasing order; map them to x1's axes
         partner = [axes1[axes2.index(a)] for a in sorted(axes2)]
         g1 = xp.tensordot(g, x2, axes=(list(range(len(free1), g.ndim)), free2))
-        g1 = xp.transpose(g1, np.argsort(free1 + partner))
+        g1 = xp.transpose(g1, tuple(np.argsort(free1 + partner).tolist()))  # host axes: ints, not an array
     if node.needs[1]:
         partner = [axes2[axes1.index(a)] for a in sorted(axes1)]
         g2 = xp.tensordot(x1, g, axes=(free1, list(range(len(free1)))))
-        g2 = xp.transpose(g2, np.argsort(partner + free2))
+        g2 = xp.transpose(g2, tuple(np.argsort(partner + free2).tolist()))
     return g1, g2
 
 

@@ -151,7 +151,7 @@ def output_spec(operation: Callable, args: tuple, kwargs: dict) -> Any:
     def spec(a: Any) -> Spec:
         b = next(second)
         shape = tuple(None if da != db else da for da, db in zip(np.shape(a), np.shape(b)))
-        return Spec(shape, getattr(a, "dtype", np.asarray(a).dtype))
+        return Spec(shape, a.dtype if hasattr(a, "dtype") else np.asarray(a).dtype)  # a device array has no host copy
 
     return map_structure(spec, first)
 

@@ -141,7 +141,8 @@ class Optimizer:
             if tuple(np.shape(state[name])) != tuple(self.slots[name].shape):
                 raise ValueError(f"{type(self).__name__} state {name!r} has shape {np.shape(state[name])}, "
                                  f"expected {tuple(self.slots[name].shape)}")
-            self.slots[name][...] = backend.to_device(state[name])
+            slot = self.slots[name]  # on the device of the params it was built for
+            slot[...] = backend.get_array_module(slot).asarray(state[name])
         self.iterations = int(state["iterations"])
         self.accumulated_steps = int(state.get("accumulated_steps", 0))
         self._set_extra_state(state)

@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 import distnn.distributed as dist
+from distnn import backend
 from distnn.callbacks import BackupAndRestore, Callback
 from distnn.layers import Dense
 from distnn.models import Sequential
@@ -73,5 +74,5 @@ model.fit(x, y, batch_size=32, epochs=args.epochs, verbose=0, callbacks=[backup,
 if dist.is_root():
     print(f"finished restored_from={backup.restored_from}", flush=True)
     if args.save_weights:
-        np.save(args.save_weights, model.params)
+        np.save(args.save_weights, backend.to_numpy(model.params))
 sys.exit(0)

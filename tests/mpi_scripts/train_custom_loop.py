@@ -13,7 +13,7 @@ import argparse
 import numpy as np
 
 import distnn.distributed as dist
-from distnn import optimizers
+from distnn import backend, optimizers
 from distnn.datasets import make_classification
 from distnn.layers import Dense
 from distnn.models import Sequential
@@ -24,7 +24,7 @@ STEPS = 8
 
 
 def all_equal(array):
-    gathered = dist.allgather_object(np.asarray(array).copy())
+    gathered = dist.allgather_object(backend.to_numpy(array).copy())
     return all(np.array_equal(g, gathered[0]) for g in gathered)
 
 
@@ -45,7 +45,7 @@ def main():
     dist.broadcast_weights(model)
     if not all_equal(model.params):
         raise AssertionError(f"rank {comm.rank}: weights differ after broadcast_weights")
-    initial = np.array(model.params, copy=True)
+    initial = backend.to_numpy(model.params).copy()
 
     share = GLOBAL_BATCH // comm.size
     for step in range(STEPS):
@@ -62,7 +62,7 @@ def main():
         raise AssertionError(f"rank {comm.rank}: MetricAverage gave {logs}, expected mean loss {expected}")
 
     if comm.rank == 0:
-        np.savez(args.out, initial=initial, final=np.asarray(model.params))
+        np.savez(args.out, initial=initial, final=backend.to_numpy(model.params))
     print(f"custom_loop OK rank={comm.rank} size={comm.size}", flush=True)
 
 
