@@ -301,7 +301,9 @@ def test_encoder_decoder_states_in_a_functional_model_train_and_reload(tmp_path)
     assert losses[-1] < 0.5 * losses[0]
     model.save(tmp_path / "seq2seq.keras")
     reloaded = load_model(tmp_path / "seq2seq.keras")
-    np.testing.assert_allclose(reloaded.predict([x1, x2], verbose=0), model.predict([x1, x2], verbose=0), atol=1e-12)
+    # float32 rounding: under --device=strict the reloaded copy differs by up to 2e-7 relative
+    np.testing.assert_allclose(reloaded.predict([x1, x2], verbose=0), model.predict([x1, x2], verbose=0),
+                               rtol=1e-6, atol=1e-12)
 
 
 # ------------------------------------------------------------------------------ shapes and configs
