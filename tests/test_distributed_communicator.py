@@ -157,8 +157,6 @@ def test_chunking_and_size_parsing():
 def test_ring_threshold_environment_override(monkeypatch):
     assert ring.default_ring_threshold(2) == 1 << 20
     assert ring.default_ring_threshold(64, oversubscribed=True) > ring.default_ring_threshold(64)
-    assert ring.default_ring_threshold(2, spans_nodes=True) == 4 << 20  # MPI wins up to ~1 MiB over TCP
-    assert ring.default_ring_threshold(4, oversubscribed=True, spans_nodes=True) == 8 << 20
     monkeypatch.setenv("DISTNN_RING_THRESHOLD", "4M")
     assert ring.default_ring_threshold(2) == 4 << 20
 

@@ -32,10 +32,6 @@ SEGMENT_BYTES = 1 << 20
 # round, which favours MPI's fewer rounds up to larger sizes.
 _RING_THRESHOLDS = {(2, False): 1 << 20, (3, True): 4 << 20, (4, True): 8 << 20}
 _DEFAULT_THRESHOLD = {False: 1 << 20, True: 16 << 20}
-# Across nodes (TCP), measured on the emulated two-node cluster (cluster/emulate/two-node.sh, quiet
-# machine): at 1 MiB MPI_Allreduce took 0.80 ms against the ring's 0.92 at 4 Gbit/s and 8.39 against
-# 8.58 ms at 1 Gbit/s; from 16 MiB the ring matches or beats it (1.01-2.25x at 4 Gbit/s).
-_ACROSS_NODES_THRESHOLD = 4 << 20
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
           "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30}
@@ -69,19 +65,17 @@ def chunk_bounds(length: int, parts: int) -> list[int]:
     return [length * i // parts for i in range(parts + 1)]
 
 
-def default_ring_threshold(size: int, oversubscribed: bool = False, spans_nodes: bool = False) -> int:
+def default_ring_threshold(size: int, oversubscribed: bool = False) -> int:
     """The measured ring-vs-MPI crossover in bytes; env `DISTNN_RING_THRESHOLD` overrides it.
 
     Args:
         size: number of ranks.
         oversubscribed: whether some node runs more ranks than it has cores.
-        spans_nodes: whether the ranks are on more than one node (the same answer on every rank).
     """
     override = os.environ.get("DISTNN_RING_THRESHOLD")
     if override:
         return parse_bytes(override)
-    threshold = _RING_THRESHOLDS.get((size, oversubscribed), _DEFAULT_THRESHOLD[oversubscribed])
-    return max(threshold, _ACROSS_NODES_THRESHOLD) if spans_nodes else threshold
+    return _RING_THRESHOLDS.get((size, oversubscribed), _DEFAULT_THRESHOLD[oversubscribed])
 
 
 class RingCommunicator(MpiCommunicator):
@@ -206,9 +200,8 @@ class AutoCommunicator(RingCommunicator):
 
     def __init__(self, comm=None, compression=None, ring_threshold: int | str | None = None) -> None:
         super().__init__(comm, compression)
-        # More than one node: every rank's node holds fewer than all ranks, so all ranks agree.
-        self._ring_threshold = (default_ring_threshold(self._size, self.oversubscribed, self._local_size < self._size)
-                                if ring_threshold is None else parse_bytes(ring_threshold))
+        self._ring_threshold = (default_ring_threshold(self._size, self.oversubscribed) if ring_threshold is None
+                                else parse_bytes(ring_threshold))
         # The per-call choice compares element counts: no arithmetic on the latency path.
         self._ring_min_count = {dtype: -(-self._ring_threshold // wire.itemsize)
                                 for dtype, wire in self._wire_dtypes.items()}
