@@ -180,8 +180,9 @@ def test_bad_settings_are_refused(tmp_path, monkeypatch):
 
 def test_the_tape_reports_each_gradient_once_it_is_final():
     """A shared layer (called twice: final only after its first call's backward), a weight used by
-    plain ops (written from its leaf), and one the loss does not reach (zeroed): each variable is
-    reported once, holding exactly its final gradient."""
+    plain ops (written from its leaf), a recurrent layer (a fused node with a VJP of its own), and
+    one the loss does not reach (zeroed): each variable is reported once, holding exactly its final
+    gradient."""
     from distnn import layers, ops
     from distnn.models import Model
     from distnn.ops.core import Tape
@@ -197,7 +198,8 @@ def test_the_tape_reports_each_gradient_once_it_is_final():
     shared = layers.Dense(8, activation="tanh")
     unused = layers.Dense(3)
     hidden = Scale()(shared(shared(inputs)))
-    model = Model(inputs, [layers.Dense(2)(hidden), unused(inputs)])
+    recurrent = layers.LSTM(3)(layers.Reshape((2, 4))(hidden))
+    model = Model(inputs, [layers.Dense(2)(recurrent), unused(inputs)])
     model.compile(optimizer="sgd", loss="mse")
     x = np.random.default_rng(0).random((5, 8)).astype("float32")
     seen: dict = {}
@@ -211,7 +213,7 @@ def test_the_tape_reports_each_gradient_once_it_is_final():
     with Tape() as tape:
         first, _ = model(x, training=True)
     tape.backward([(first, np.ones((5, 2), "float32"))], on_final=on_final, variables=model._bound_variables)
-    assert len(seen) == len(model._bound_variables) == 7
+    assert len(seen) == len(model._bound_variables) == 10
     for v in model._bound_variables:
         np.testing.assert_array_equal(seen[id(v)], v.grad)
     assert not np.isnan(model.grads).any()

@@ -68,6 +68,11 @@ def _recurrent_vjp(node: Any, grad: Any) -> tuple:
     return (dx, *node.kwargs["layer"]._initial_state_grads)
 
 
+# Like `_fused_vjp`, it writes its layer's gradients: the tape reports them final after this node
+# (without this, overlap summed the LSTM's gradient buckets before backward had written them).
+_recurrent_vjp.writes_layer_variables = True
+
+
 class Recurrent(Layer):
     """Base of ``SimpleRNN``, ``LSTM`` and ``GRU``: arguments, states, masks, dropout, outputs and the
     fused driver. Subclasses define the weights and the cell (``_reference_step``, ``_forward_loop``,
