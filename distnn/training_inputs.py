@@ -17,7 +17,7 @@ import numpy as np
 
 from distnn import data
 from distnn.data import adapters, steps
-from distnn.distributed import consistency, overlap
+from distnn.distributed import consistency, overlap, timeline
 
 _TRAIN_GROUP = ("x", "y", "sample_weight")
 _announced: set = set()
@@ -225,7 +225,7 @@ def prepare_fit(model: Any, comm: Any, x: Any, y: Any, sample_weight: Any, batch
         "batch_size": batch_size, "steps_per_epoch": steps_per_epoch, "shuffle": shuffle,
         "validation_split": validation_split, "validation_steps": validation_steps,
         "validation_batch_size": validation_batch_size, "class_weight": class_weight, **settings,
-        **model._compiled_settings(), **overlap.agreed_settings(model)},
+        **model._compiled_settings(), **overlap.agreed_settings(model), **timeline.agreed_settings()},
         own_data=(_TRAIN_GROUP, ("validation_data",)))
     if validation is not None:
         validation.own = "validation_data" in agreement.own

@@ -12,9 +12,9 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import find_mpiexec, run_command, run_mpi, run_python, subprocess_env
+from conftest import find_mpiexec, run_command, subprocess_env
 from test_distributed_models_parity import assert_same_training as assert_same_model_training
-from test_distributed_training import TOLERANCE, assert_same_training, relative_difference
+from test_distributed_training import TOLERANCE, assert_same_training, parity_run, relative_difference
 
 import distnn
 from distnn.distributed import anatomy, overlap, timeline
@@ -25,15 +25,9 @@ TINY_BUCKETS = {"DISTNN_BUCKET_BYTES": "64", "DISTNN_OVERLAP": "1"}
 
 
 def run(script, out, *args, n=None, **env) -> dict:
-    argv = [script, str(out), *args]
-    if n is None:
-        proc = run_python(argv, timeout=90)
-    else:
-        proc = run_mpi(n, argv, timeout=90, env=subprocess_env(**{**TINY_BUCKETS, **env}))
-    with np.load(out) as saved:
-        result = dict(saved)
-    result["stdout"] = proc.stdout
-    return result
+    """``parity_run`` of ``script``, on ``n`` ranks with tiny buckets (and ``env``)."""
+    mpi = {} if n is None else {"env": subprocess_env(**{**TINY_BUCKETS, **env})}
+    return parity_run(out, *args, n=n, script=script, timeout=90, **mpi)
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +86,17 @@ def test_ranks_must_agree_on_overlap(tmp_path):
     assert proc.returncode != 0
     assert ("Ranks disagree on gradient buckets (DISTNN_OVERLAP, DISTNN_BUCKET_BYTES): rank 0 has (True, 1048576), "
             "rank 1 has (False, 1048576) (in fit())") in proc.stdout + proc.stderr
+
+
+@pytest.mark.mpi
+def test_a_timeline_on_one_rank_only_is_refused(tmp_path):
+    mpiexec = find_mpiexec()
+    script = [sys.executable, PARITY, str(tmp_path / "out.npz")]
+    proc = run_command([mpiexec, "-n", "1", "-env", "DISTNN_TIMELINE", str(tmp_path / "t.json"), *script, ":",
+                        "-n", "1", *script], timeout=90, check=False)
+    assert proc.returncode != 0
+    assert ("Ranks disagree on timeline recording (DISTNN_TIMELINE): rank 0 has True, rank 1 has False "
+            "(in fit())") in proc.stdout + proc.stderr
 
 
 def spans_by_step(trace: dict) -> dict:

@@ -36,10 +36,11 @@ def assert_same_training(reference: dict, result: dict, tolerance: float = TOLER
         assert difference <= tolerance, f"{key}: relative difference {difference:.2e} > {tolerance:.0e}"
 
 
-def parity_run(out, *args, n=None, **kwargs) -> dict:
-    """Run train_parity.py alone (``n=None``) or on ``n`` ranks; return what rank 0 saved and stdout."""
-    argv = [PARITY, str(out), *args]
-    proc = run_python(argv, timeout=60) if n is None else run_mpi(n, argv, timeout=60, **kwargs)
+def parity_run(out, *args, n=None, script=PARITY, timeout=60, **kwargs) -> dict:
+    """Run a parity script (train_parity.py) alone (``n=None``) or on ``n`` ranks (keyword arguments
+    as ``run_mpi``); return what rank 0 saved and stdout."""
+    argv = [script, str(out), *args]
+    proc = run_python(argv, timeout=timeout) if n is None else run_mpi(n, argv, timeout=timeout, **kwargs)
     with np.load(out) as saved:
         result = dict(saved)
     result["stdout"] = proc.stdout

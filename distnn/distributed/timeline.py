@@ -88,6 +88,12 @@ def start(path: str, comm: Any, from_env: bool = False) -> Recorder:
     return _recorder
 
 
+def agreed_settings() -> dict:
+    """What ``fit``'s consistency check compares: whether this fit records (``start`` is a barrier, so
+    a rank recording next to one that does not would wait there; the path may differ, rank 0 writes)."""
+    return {f"timeline recording ({TIMELINE_ENV})": _recorder is not None or bool(os.environ.get(TIMELINE_ENV))}
+
+
 def start_from_env(comm: Any) -> None:
     """At the start of ``fit``: record when ``DISTNN_TIMELINE`` names a file."""
     path = os.environ.get(TIMELINE_ENV)
