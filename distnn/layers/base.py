@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import re
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -289,8 +289,13 @@ def _fused_vjp(node: Any, grad: Any) -> tuple:
 
 # A fused backward writes dL/dx into the layer's own scratch (after copying a gradient it does not own).
 _fused_vjp.exclusive_results = True
-# It writes the gradients of ``node.kwargs["layer"]``'s variables itself (the tape's final-gradient reports).
-_fused_vjp.writes_layer_variables = True
+
+
+def record_layer_node(tape: Any, layer: "Layer", outputs: Any, inputs: tuple, vjp: Callable, parents: tuple) -> Any:
+    """One tape node for a call of a layer with its own ``backward``: the call's state is kept for
+    ``vjp`` (``_fused_vjp`` or a wrapper of it), which writes the layer's variable gradients itself."""
+    return tape_core.record(tape, outputs, inputs, {"layer": layer, "state": dict(vars(layer))}, vjp, parents,
+                            writes=tuple(layer._variables))
 
 
 class Layer:
@@ -595,8 +600,7 @@ class Layer:
         outputs = self.call(raw, **kwargs)
         if not parents and not any(v.grad is not None for v in self._variables):
             return outputs
-        state = dict(vars(self))
-        return tape_core.record(tape, outputs, (raw,), {"layer": self, "state": state}, _fused_vjp, parents)
+        return record_layer_node(tape, self, outputs, (raw,), _fused_vjp, parents)
 
     def _input_mask(self, inputs: Any) -> Any:
         if not _context.masks:  # the common case costs one test

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from distnn import activations, backend, initializers, random, regularizers
-from distnn.layers.base import Layer, _fused_vjp
+from distnn.layers.base import Layer, _fused_vjp, record_layer_node
 from distnn.ops import core as tape_core
 from distnn.ops import nn as ops_nn
 from distnn.ops import numpy as ops_np
@@ -66,11 +66,6 @@ def _recurrent_vjp(node: Any, grad: Any) -> tuple:
     """A recurrent layer's fused node: ``backward`` gives dL/dx; the initial states' gradients follow."""
     (dx,) = _fused_vjp(node, grad)
     return (dx, *node.kwargs["layer"]._initial_state_grads)
-
-
-# Like `_fused_vjp`, it writes its layer's gradients: the tape reports them final after this node
-# (without this, overlap summed the LSTM's gradient buckets before backward had written them).
-_recurrent_vjp.writes_layer_variables = True
 
 
 class Recurrent(Layer):
@@ -191,8 +186,7 @@ class Recurrent(Layer):
         if not parents and not any(v.grad is not None for v in self._variables):
             return outputs
         packed = self._pack(outputs) if self.return_state else outputs
-        node = tape_core.record(tape, packed, tuple(raw), {"layer": self, "state": dict(vars(self))},
-                                _recurrent_vjp, parents)
+        node = record_layer_node(tape, self, packed, tuple(raw), _recurrent_vjp, parents)
         return self._unpack(node, raw[0].shape[1]) if self.return_state else node
 
     def _pack(self, outputs: list) -> Any:

@@ -43,7 +43,7 @@ class Tensor:
 
     __array_ufunc__ = None  # numpy defers to our reflected operators: ``array @ tensor`` stays on the tape
     __slots__ = ("value", "inputs", "kwargs", "vjp", "parents", "needs", "grad", "grad_owned", "tape",
-                 "watched_variable", "__weakref__")
+                 "watched_variable", "writes", "__weakref__")
 
     def __init__(self, value: Any, tape: "Tape"):
         self.value = value
@@ -56,6 +56,7 @@ class Tensor:
         self.grad: Any = None
         self.grad_owned = False  # whether ``grad`` is an array no one else holds (a fused VJP may overwrite it)
         self.watched_variable: Any = None
+        self.writes: tuple = ()  # variables whose gradients this node's VJP writes itself (a fused layer's)
 
     shape = property(lambda self: tuple(self.value.shape))
     dtype = property(lambda self: self.value.dtype)
@@ -166,9 +167,8 @@ class Tape:
         wanted = {id(v): v for v in variables}
         first_writer: dict[int, int] = {}
         for index, node in enumerate(self.nodes):
-            if getattr(node.vjp, "writes_layer_variables", False):
-                for v in node.kwargs["layer"]._variables:
-                    first_writer.setdefault(id(v), index)
+            for v in node.writes:
+                first_writer.setdefault(id(v), index)
             for parent in node.parents:
                 watched = parent[-1].watched_variable
                 if watched is not None:
@@ -348,10 +348,12 @@ def defop(forward: Callable) -> Op:
     return Op(forward)
 
 
-def record(tape: Tape, value: Any, inputs: tuple, kwargs: dict, vjp: Callable, parents: tuple) -> Tensor:
-    """Append one node to ``tape``; ``parents`` as built by ``Op.__call__``."""
+def record(tape: Tape, value: Any, inputs: tuple, kwargs: dict, vjp: Callable, parents: tuple,
+           writes: tuple = ()) -> Tensor:
+    """Append one node to ``tape``; ``parents`` as built by ``Op.__call__``; ``writes``: the variables
+    whose gradients ``vjp`` writes itself (a fused layer's), for the final-gradient reports."""
     node = Tensor(value, tape)
-    node.inputs, node.kwargs, node.vjp, node.parents = inputs, kwargs, vjp, parents
+    node.inputs, node.kwargs, node.vjp, node.parents, node.writes = inputs, kwargs, vjp, parents, writes
     needs = [False] * len(inputs)
     for parent in parents:
         needs[parent[0]] = True
