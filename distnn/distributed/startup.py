@@ -7,8 +7,9 @@ either. A small watchdog process, started just before MPI_Init and killed when i
 ends when its stdin closes, i.e. when the rank dies), gives the same deadlines as the stall
 inspection: a warning after
 ``DISTNN_STALL_WARNING_S``, and after ``DISTNN_STALL_TIMEOUT_S`` it prints why and kills the waiting
-rank, so the launcher ends the job. See docs/architecture.md, "Reliability: stalls, launch and
-exits".
+rank, so the launcher ends the job. Under ``srun --mpi=pmi2`` a relay (distnn.distributed.pmi_relay)
+first takes over the PMI connection, so that MPI_Init's messages fit what Slurm reads. See
+docs/architecture.md, "Reliability: stalls, launch and exits".
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import os
 import sys
 from typing import Any
 
-from distnn.distributed import launch_env
+from distnn.distributed import launch_env, pmi_relay
 
 WARNING_ENV, TIMEOUT_ENV = "DISTNN_STALL_WARNING_S", "DISTNN_STALL_TIMEOUT_S"
 DEFAULT_WARNING_S, DEFAULT_TIMEOUT_S = 60.0, 600.0
@@ -99,6 +100,8 @@ def start_mpi() -> Any:
     if MPI.Is_initialized():
         return MPI
     launch_env.check_library(MPI.Get_library_version())
+    if pmi_relay.wanted():
+        pmi_relay.start()
     watchdog = _watch_start_up()
     try:
         MPI.Init_thread(MPI.THREAD_MULTIPLE)
