@@ -279,21 +279,24 @@ def test_failing_rank_fails_the_job_fast(tmp_path):
 def test_mpi_start_up_lines_fit_slurms_pmi_reads(relay, tmp_path):
     """Slurm's pmi2 plugin reads at most 1024 bytes per PMI-1 request; MPICH sizes its start-up lines
     from the vallen_max it is told. Through distnn's relay (on by default under srun --mpi=pmi2) it is
-    told 896 and every line it sends fits; without it, 1024 (lines of up to ~1080 bytes, which fail
-    at random: distnn.distributed.pmi_relay)."""
+    told 896 and every line it sends fits. Without the relay it is told 1024, and its lines reach
+    ~1080 bytes when a business-card segment has few zero runs: then the job dies in MPI_Init, as
+    it did once in CI here (distnn.distributed.pmi_relay), so only what MPICH was told is checked."""
     env = job_env(TRAIN_SCRIPT=str(SCRIPTS / "slurm_probe.py"), BACKUP_DIR=str(tmp_path / "backups"),
                   PMI_DEBUG="1", DISTNN_PMI_RELAY=relay)
     rc, job_id, out = submit("train.sbatch", ["--nodes=2", "--ntasks-per-node=1"], [], env,
                              tmp_path / "job.out")
+    told = set(re.findall(r"cmd=maxes .*vallen_max=(\d+)", out))
+    if relay == "0":
+        assert told == {"1024"}, out
+        return
     assert_ok(rc, job_id, out)
     assert "probe allreduce=3" in out, out
-    told = set(re.findall(r"cmd=maxes .*vallen_max=(\d+)", out))
-    assert told == ({str(pmi_relay.RELAY_VALLEN_MAX)} if relay == "1" else {"1024"}), out
-    if relay == "1":
-        sent = re.findall(r"send to fd=\d+ pmi: (cmd=[^\n]*)", out)
-        assert any(line.startswith("cmd=put ") for line in sent), out
-        longest = max(sent, key=len)
-        assert len(longest) + 1 <= pmi_relay.SLURM_READ_BYTES, longest
+    assert told == {str(pmi_relay.RELAY_VALLEN_MAX)}, out
+    sent = re.findall(r"send to fd=\d+ pmi: (cmd=[^\n]*)", out)
+    assert any(line.startswith("cmd=put ") for line in sent), out
+    longest = max(sent, key=len)
+    assert len(longest) + 1 <= pmi_relay.SLURM_READ_BYTES, longest
 
 
 def test_sweep_array_runs_one_learning_rate_per_task(train_script, tmp_path):

@@ -7,7 +7,7 @@ whatever that heap memory held) in segments of ``(vallen_max - 2) / 2`` bytes, h
 zero runs shortened; Slurm announces ``vallen_max=1024``, so a segment with few zero runs makes a
 line of up to about 1080 bytes. Slurm then parses the first 1024 bytes ("mpi/pmi2: value not
 properly terminated in client request"), takes the rest for a second request ("request not begin
-with 'cmd='"), and the job dies in MPI_Init or hangs there: 3 jobs in about 400 in our test runs.
+with 'cmd='"), and the job dies in MPI_Init or hangs there: 4 jobs in about 450 in our test runs.
 
 The relay sits between the two: it hands MPICH a socket in place of ``PMI_FD``, forwards what the
 rank writes one whole line per ``write`` (Slurm reads one request per read), forwards Slurm's
