@@ -89,16 +89,16 @@ def keras_lstm(keras):
     return model
 
 
-def data(kind: str):
+def data(kind: str, rng: np.random.Generator = RNG):
     if kind == "lstm":  # the class is how many of the tokens are below 4 (0-1, 2-3 or more)
-        x = RNG.integers(0, 12, size=(48, 7)).astype("int32")
+        x = rng.integers(0, 12, size=(48, 7)).astype("int32")
         return x, np.minimum((x < 4).sum(axis=1) // 2, 2).astype("int32")
     if kind == "cnn":
-        x = RNG.random((32, 28, 28, 1)).astype("float32")
+        x = rng.random((32, 28, 28, 1)).astype("float32")
         x[::2, :14] += 0.5  # the class is which half of the image is brighter: learnable in a few steps
         return x, np.eye(10, dtype="float32")[(x[:, :14].mean(axis=(1, 2, 3)) > x[:, 14:].mean(axis=(1, 2, 3)))
                                               .astype(int)]
-    x = RNG.normal(size=(64, 8)).astype("float32")
+    x = rng.normal(size=(64, 8)).astype("float32")
     return x, np.eye(3, dtype="float32")[(x[:, 0] > 0).astype(int) + (x[:, 1] > 1).astype(int)]
 
 
@@ -129,7 +129,11 @@ def test_distnn_file_loads_in_keras_with_equal_predictions(keras, tmp_path, kind
 
 @pytest.mark.parametrize("kind", sorted(MODELS))
 def test_keras_file_loads_in_distnn_and_continues_training(keras, tmp_path, kind):
-    x, y = data(kind)
+    # Seeded (data, Keras' initialisation and shuffles, distnn's shuffles): one epoch more does not
+    # lower the loss for every draw (in CI the CNN's went from 0.769 to 0.775 once).
+    keras.utils.set_random_seed(0)
+    distnn.utils.set_random_seed(0)
+    x, y = data(kind, np.random.default_rng(0))
     original = MODELS[kind][1](keras)
     original.fit(x, y, epochs=1, batch_size=16, verbose=0)
     path = tmp_path / "k.keras"
