@@ -47,15 +47,20 @@ def relayed(monkeypatch):
     relay.wait(timeout=10)
 
 
-def handshake(client: socket.socket, server: SlurmLikeServer) -> bytes:
-    client.sendall(b"cmd=init pmi_version=1 pmi_subversion=1\n")
-    assert server.request() == b"cmd=init pmi_version=1 pmi_subversion=1\n"
-    server.answer(b"cmd=response_to_init rc=0 pmi_version=1 pmi_subversion=1\n")
-    assert client.recv(4096) == b"cmd=response_to_init rc=0 pmi_version=1 pmi_subversion=1\n"
-    client.sendall(b"cmd=get_maxes\n")
-    assert server.request() == b"cmd=get_maxes\n"
-    server.answer(b"cmd=maxes rc=0 kvsname_max=256 keylen_max=64 vallen_max=1024\n")
+def exchange(client: socket.socket, server: SlurmLikeServer, request: bytes, answer: bytes) -> bytes:
+    """The client's request reaches the server as it was sent; returns what the client gets back."""
+    client.sendall(request)
+    assert server.request() == request
+    server.answer(answer)
     return client.recv(4096)
+
+
+def handshake(client: socket.socket, server: SlurmLikeServer) -> bytes:
+    """PMI-1 init and get_maxes; returns the maxes line the client got."""
+    init_answer = b"cmd=response_to_init rc=0 pmi_version=1 pmi_subversion=1\n"
+    assert exchange(client, server, b"cmd=init pmi_version=1 pmi_subversion=1\n", init_answer) == init_answer
+    return exchange(client, server, b"cmd=get_maxes\n",
+                    b"cmd=maxes rc=0 kvsname_max=256 keylen_max=64 vallen_max=1024\n")
 
 
 def test_without_the_relay_a_long_put_is_cut_by_slurms_single_read():
@@ -101,10 +106,8 @@ def test_relay_forwards_whole_lines_only(relayed):
 def test_relay_passes_a_pmi2_wire_client_through_unchanged(relayed):
     """A PMI-2 client (length-prefixed, no newlines after its init) is relayed byte for byte."""
     client, server, _ = relayed
-    client.sendall(b"cmd=init pmi_version=2 pmi_subversion=0\n")
-    assert server.request() == b"cmd=init pmi_version=2 pmi_subversion=0\n"
-    server.answer(b"cmd=response_to_init pmi_version=2 pmi_subversion=0 rc=0\n")
-    assert client.recv(4096) == b"cmd=response_to_init pmi_version=2 pmi_subversion=0 rc=0\n"
+    answer = b"cmd=response_to_init pmi_version=2 pmi_subversion=0 rc=0\n"
+    assert exchange(client, server, b"cmd=init pmi_version=2 pmi_subversion=0\n", answer) == answer
     client.sendall(b"    22cmd=fullinit;pmirank=0;")
     assert server.request() == b"    22cmd=fullinit;pmirank=0;"
 
