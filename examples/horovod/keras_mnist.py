@@ -10,7 +10,8 @@ through TensorFlow sessions is gone (distnn pins rank r to GPU ``local_rank % n`
 
 Horovod's semantics hold: ``batch_size=128`` is each rank's batch, and the learning rate is scaled
 by ``hvd.size()`` to match the global batch of ``128 * hvd.size()`` (README, "Horovod scripts").
-``DISTNN_EXAMPLE_EPOCHS`` overrides the number of epochs.
+``DISTNN_EXAMPLE_EPOCHS`` overrides the number of epochs; ``DISTNN_EXAMPLE_SEED`` makes the run
+repeatable (the initial weights and the shuffles; unseeded, as Horovod's, otherwise).
 """
 import math
 import os
@@ -24,6 +25,9 @@ import distnn.distributed as hvd
 
 # Horovod: initialize Horovod.
 hvd.init()
+
+if "DISTNN_EXAMPLE_SEED" in os.environ:  # every rank the same seed (weights and data order come from rank 0)
+    keras.utils.set_random_seed(int(os.environ["DISTNN_EXAMPLE_SEED"]))
 
 batch_size = 128
 num_classes = 10

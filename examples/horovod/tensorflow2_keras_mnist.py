@@ -15,8 +15,8 @@ Each rank draws its own shuffled stream of batches of 128 (an unseeded ``shuffle
 rank), so ``fit`` trains in own-shard mode: the global batch is ``128 * hvd.size()`` and the
 script scales the learning rate and divides the steps by ``hvd.size()``, exactly as under Horovod.
 ``DISTNN_EXAMPLE_EPOCHS`` and ``DISTNN_EXAMPLE_STEPS`` (steps per epoch before the division by
-``hvd.size()``) shorten the run, and ``DISTNN_EXAMPLE_SEED`` fixes the shuffles; the test suite uses
-them.
+``hvd.size()``) shorten the run, and ``DISTNN_EXAMPLE_SEED`` fixes the initial weights and the
+shuffles; the test suite uses them.
 """
 import os
 
@@ -46,8 +46,10 @@ def train():
     (mnist_images, mnist_labels), (test_images, test_labels) = distnn.datasets.mnist()
 
     # An unseeded tf.data shuffle differs on every rank and every run; here the rank seeds it, from
-    # fresh entropy unless DISTNN_EXAMPLE_SEED makes the run repeatable.
+    # fresh entropy unless DISTNN_EXAMPLE_SEED makes the run (the initial weights too) repeatable.
     base_seed = int(os.environ.get("DISTNN_EXAMPLE_SEED", np.random.SeedSequence().entropy))
+    if "DISTNN_EXAMPLE_SEED" in os.environ:
+        distnn.utils.set_random_seed(base_seed)
     dataset = batches((mnist_images[..., np.newaxis] / 255.0).astype(np.float32), mnist_labels.astype(np.int64),
                       128, seed=base_seed + hvd.rank())
 
