@@ -81,32 +81,30 @@ def choose_path(comm: Any) -> str:
 
 def allreduce(comm: Any, array: Any, op: str) -> Any:
     """``comm.allreduce`` for a device array (already checked: float dtype, valid op, size > 1)."""
-    path = choose_path(comm)
-    if path == "host":
-        host = _stage_down(comm, array)
-        comm.allreduce(host, op=op)
-        array.set(host)
-        return array
-    if path == "nccl":
-        nccl_communicator(comm).allreduce(array)
-    else:
-        _cuda_aware(comm, "allreduce", array)
-    if op == "average":
+    if _run(comm, "allreduce", array, op=op) != "host" and op == "average":  # the device paths only sum
         array /= comm.size
     return array
 
 
 def bcast(comm: Any, array: Any, root: int) -> Any:
+    _run(comm, "bcast", array, root=root)
+    return array
+
+
+def _run(comm: Any, collective: str, array: Any, **options: Any) -> str:
+    """Runs ``collective`` in place on ``array`` over the path `choose_path` picks; returns the path.
+    The host path hands ``options`` to the communicator's own collective; the device paths take the
+    root (their reduction is always a sum)."""
     path = choose_path(comm)
     if path == "host":
         host = _stage_down(comm, array)
-        comm.bcast(host, root=root)
+        getattr(comm, collective)(host, **options)
         array.set(host)
     elif path == "nccl":
-        nccl_communicator(comm).bcast(array, root)
+        nccl_communicator(comm).run(collective, array, options.get("root", 0))
     else:
-        _cuda_aware(comm, "bcast", array, root)
-    return array
+        _cuda_aware(comm, collective, array, options.get("root", 0))
+    return path
 
 
 def allgather(comm: Any, array: Any) -> Any:
@@ -169,14 +167,15 @@ class _NcclCommunicator:
         self._comm = nccl.NcclCommunicator(comm.size, unique_id, comm.rank)
         self._types = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}
 
-    def allreduce(self, array: Any) -> None:
-        stream = backend.xp().cuda.get_current_stream()  # ordered after the kernels that wrote `array`
-        self._comm.allReduce(array.data.ptr, array.data.ptr, array.size, self._types[array.dtype],
-                             self._nccl.NCCL_SUM, stream.ptr)
-
-    def bcast(self, array: Any, root: int) -> None:
+    def run(self, collective: str, array: Any, root: int) -> None:
+        """``allreduce`` (a sum) or ``bcast`` from ``root``, in place, on the current stream (so ordered
+        after the kernels that wrote ``array``)."""
         stream = backend.xp().cuda.get_current_stream()
-        self._comm.bcast(array.data.ptr, array.nbytes, self._nccl.NCCL_CHAR, root, stream.ptr)
+        if collective == "allreduce":
+            self._comm.allReduce(array.data.ptr, array.data.ptr, array.size, self._types[array.dtype],
+                                 self._nccl.NCCL_SUM, stream.ptr)
+        else:
+            self._comm.bcast(array.data.ptr, array.nbytes, self._nccl.NCCL_CHAR, root, stream.ptr)
 
 
 def nccl_communicator(comm: Any) -> _NcclCommunicator:

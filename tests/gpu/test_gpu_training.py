@@ -40,8 +40,8 @@ assert device_collectives.choose_path(comm) == "nccl", device_collectives.choose
 nccl = device_collectives.nccl_communicator(comm)
 assert device_collectives.nccl_communicator(comm) is nccl  # one per communicator
 values = backend.to_device(np.arange(7, dtype=np.float32))
-nccl.allreduce(values)
-nccl.bcast(values, 0)
+nccl.run("allreduce", values, 0)
+nccl.run("bcast", values, 0)
 backend.xp().cuda.get_current_stream().synchronize()
 assert np.array_equal(backend.to_numpy(values), np.arange(7, dtype=np.float32))
 print("nccl ok")
