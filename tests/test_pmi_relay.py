@@ -127,7 +127,6 @@ def test_relay_ends_when_the_rank_closes_its_end(relayed):
     ({"SLURM_MPI_TYPE": "pmi2"}, False),                                          # no PMI socket
     ({"PMI_FD": "11", "SLURM_MPI_TYPE": "pmi2", "DISTNN_PMI_RELAY": "0"}, False),
     ({"PMI_FD": "5", "PMI_HOSTNAME": "vm", "DISTNN_PMI_RELAY": "1"}, True),
-    ({"DISTNN_PMI_RELAY": "1"}, False),                                           # nothing to relay
 ])
 def test_wanted_only_for_slurms_pmi2_server(environ, expected):
     assert pmi_relay.wanted(environ) is expected
@@ -137,3 +136,9 @@ def test_wanted_rejects_a_bad_setting():
     with pytest.raises(ValueError, match=r"DISTNN_PMI_RELAY must be 0 \(off\) or 1 \(on\).*Received: "
                                          r"DISTNN_PMI_RELAY='yes'"):
         pmi_relay.wanted({"PMI_FD": "11", "DISTNN_PMI_RELAY": "yes"})
+
+
+def test_forcing_the_relay_without_a_pmi_socket_is_an_error():
+    with pytest.raises(ValueError, match=r"DISTNN_PMI_RELAY=1 asks for the PMI relay, but this process has no "
+                                         r"PMI_FD.*Received: DISTNN_PMI_RELAY=1 without PMI_FD"):
+        pmi_relay.wanted({"DISTNN_PMI_RELAY": "1", "SLURM_MPI_TYPE": "pmi2"})

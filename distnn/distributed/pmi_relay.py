@@ -73,12 +73,17 @@ def wanted(environ: Any = os.environ) -> bool:
     """Whether this process's PMI server is Slurm's pmi2 plugin (or `DISTNN_PMI_RELAY` forces it).
 
     Raises:
-        ValueError: `DISTNN_PMI_RELAY` is set to something other than 0 or 1.
+        ValueError: `DISTNN_PMI_RELAY` is set to something other than 0 or 1, or to 1 in a process
+            that has no PMI socket (``PMI_FD``) to relay.
     """
     forced = environ.get(RELAY_ENV, "").strip()
     if forced not in ("", "0", "1"):
         raise ValueError(f"{RELAY_ENV} must be 0 (off) or 1 (on); unset means on under `srun --mpi=pmi2`. "
                          f"Received: {RELAY_ENV}={forced!r}")
+    if forced == "1" and "PMI_FD" not in environ:
+        raise ValueError(f"{RELAY_ENV}=1 asks for the PMI relay, but this process has no PMI_FD to relay (its "
+                         f"launcher does not speak PMI over an inherited socket). Unset {RELAY_ENV}. "
+                         f"Received: {RELAY_ENV}=1 without PMI_FD")
     if "PMI_FD" not in environ or forced == "0":
         return False
     return forced == "1" or (environ.get("SLURM_MPI_TYPE") == "pmi2" and "PMI_HOSTNAME" not in environ)
