@@ -12,9 +12,11 @@
 # samples/s of 1 rank, of 2 ranks with and without overlap, their ratios to 1 rank, and the exposed
 # gradient communication per step (ms, rank 0's mean) with and without overlap.
 set -euo pipefail
+PYTHON="$(command -v "${PYTHON:-python3}")"
+# Absolute before the cd (PYTHON may be relative), without resolving a venv's symlink.
+PYTHON="$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")"
 cd "$(dirname "$0")"
 EMU="$PWD/../cluster/emulate/two-node.sh"
-PYTHON="$(command -v "${PYTHON:-python3}")"
 ROUNDS="${ROUNDS:-3}"
 [[ -x "$(dirname "$PYTHON")/mpiexec" ]] && export DISTNN_EMU_MPIEXEC="${DISTNN_EMU_MPIEXEC:-$(dirname "$PYTHON")/mpiexec}"
 export DISTNN_EMU_NAME="${DISTNN_EMU_NAME:-distnn-scaling}"
