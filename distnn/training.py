@@ -291,7 +291,8 @@ class TrainingMixin:
             if reducer is None:
                 tape.backward(seeds, seeds_owned=True)
             else:
-                tape.backward(seeds, seeds_owned=True, on_final=reducer.on_final, variables=self._bound_variables)
+                tape.backward(seeds, seeds_owned=True, on_final=reducer.on_final, variables=self._bound_variables,
+                              on_final_prefix=reducer.on_final_prefix if reducer.reports_within_ops else None)
         for v in self._bound_variables:  # weights the forward did not reach get a zero gradient
             if id(v) not in tape.touched:
                 v.grad[...] = 0

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import find_mpiexec, run_command, subprocess_env
+from emulated_cluster import two_nodes  # noqa: F401 - the fixture
 from test_distributed_models_parity import assert_same_training as assert_same_model_training
 from test_distributed_training import TOLERANCE, assert_same_training, parity_run, relative_difference
 
@@ -46,6 +47,34 @@ def test_sequential_and_batchnorm_models_with_tiny_buckets_train_like_one_proces
     assert_same_training(references[model], result, TOLERANCE)
     assert int(result["identical_checks"]) == 2  # every rank held the same weights after each epoch
     assert relative_difference(references[model]["epoch0"], result["epoch1"]) > 1e-3  # it trained
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("n", [2, 3])
+def test_wide_mlp_with_polled_gemm_pieces_trains_like_one_process(tmp_path, n):
+    """512-wide layers at 43-64 samples per rank: backward's GEMMs run in 2-4 pieces with a poll
+    after each (layers.base.polled_matmul), and each Dense reports its weights before computing dL/dx."""
+    args = ["--model", "mlp-wide", "--batch-size", "128"]
+    reference = run(PARITY, tmp_path / "one.npz", *args)
+    result = run(PARITY, tmp_path / "out.npz", *args, n=n, DISTNN_BUCKET_BYTES="64K")
+    assert_same_training(reference, result, TOLERANCE)
+    assert int(result["identical_checks"]) == 2
+    assert relative_difference(reference["epoch0"], result["epoch1"]) > 1e-3
+
+
+@pytest.mark.mpi
+def test_wide_mlp_across_two_emulated_nodes_trains_like_one_process(two_nodes, tmp_path):
+    """Ranks on two nodes: backward also reports the kernels' leading rows from inside its GEMMs,
+    which run in pieces, so buckets start mid-GEMM (overlap.BucketReducer.reports_within_ops)."""
+    args = ["--model", "mlp-wide", "--batch-size", "128"]
+    reference = run(PARITY, tmp_path / "one.npz", *args)
+    out = tmp_path / "two.npz"
+    proc = two_nodes.run_mpi(1, [PARITY, str(out), *args], timeout=120, DISTNN_BUCKET_BYTES="64K", DISTNN_OVERLAP="1")
+    assert "size=2 nodes=2 " in proc.stdout, proc.stdout + proc.stderr
+    with np.load(out) as saved:
+        result = dict(saved)
+    assert_same_training(reference, result, TOLERANCE)
+    assert int(result["identical_checks"]) == 2
 
 
 @pytest.mark.mpi
@@ -223,6 +252,110 @@ def test_the_tape_reports_each_gradient_once_it_is_final():
         np.testing.assert_array_equal(seen[id(v)], v.grad)
     assert not np.isnan(model.grads).any()
     assert not np.any(unused.kernel.grad) and np.any(shared.kernel.grad)
+
+
+def test_dense_and_conv_layers_report_their_weights_before_computing_input_gradients():
+    """A fused layer that makes its weights final reports them from inside its VJP (its dL/dx still to
+    come), the model's first layer too; a shared layer only after its node, once the gradients of
+    both calls are added."""
+    from distnn import layers
+    from distnn.models import Model
+    from distnn.ops.core import Tape
+
+    inputs = layers.Input((6, 6, 1))
+    conv = layers.Conv2D(2, 3, activation="relu")
+    shared = layers.Dense(4, activation="tanh")
+    hidden = shared(shared(layers.Dense(4)(layers.Flatten()(conv(inputs)))))
+    model = Model(inputs, layers.Dense(2)(hidden))
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.random.default_rng(0).random((3, 6, 6, 1)).astype("float32")
+    owner = {id(v): layer for layer in model.layers for v in layer.trainable_weights}
+    inside_vjp: dict = {}
+
+    def on_final(variables):
+        for v in variables:  # the layer's backward is running while its _backward_tape is set
+            inside_vjp[v.name] = owner[id(v)]._backward_tape is not None
+
+    with Tape() as tape:
+        output = model(x, training=True)
+    tape.backward([(output, np.ones((3, 2), "float32"))], on_final=on_final, variables=model._bound_variables)
+    for layer in model.layers:
+        for v in layer.trainable_weights:
+            assert inside_vjp[v.name] is (layer is not shared), v.name
+    assert tape.report_written is None and tape.poll_transfers is None
+
+
+def test_polled_matmul_runs_large_products_in_pieces_with_the_same_bits():
+    from types import SimpleNamespace
+
+    from distnn.layers import Dense
+    from distnn.layers.kernel_layer import POLL_MAX_PIECES, POLL_PIECE_MACS, polled_matmul
+
+    rng = np.random.default_rng(0)
+    layer = Dense(4)
+    a, b = rng.random((784, 128), dtype="float32"), rng.random((128, 512), dtype="float32")
+    expected = a @ b
+    pieces = min(POLL_MAX_PIECES, 784 * 128 * 512 // POLL_PIECE_MACS)
+    assert pieces > 1
+    for axis in (0, 1):
+        layer._backward_tape = None  # outside a distributed backward: one product
+        out = np.full_like(expected, np.nan)
+        np.testing.assert_array_equal(polled_matmul(layer, a, b, out, axis=axis), expected)
+        polls = []
+        layer._backward_tape = SimpleNamespace(poll_transfers=lambda: polls.append(1), report_prefix=None)
+        out = np.full_like(expected, np.nan)
+        np.testing.assert_array_equal(polled_matmul(layer, a, b, out, axis=axis), expected)
+        assert len(polls) == pieces
+    polls.clear()
+    small = rng.random((16, 16), dtype="float32")
+    polled_matmul(layer, small, small, np.empty_like(small))
+    assert polls == []  # too small to split
+    tall, wide = rng.random((64, 8192), dtype="float32"), rng.random((8192, 64), dtype="float32")
+    out = np.empty((64, 64), "float32")
+    np.testing.assert_array_equal(polled_matmul(layer, tall, wide, out), tall @ wide)
+    assert polls == []  # each row piece would read all 2 MiB of ``wide`` again
+
+
+def test_a_large_kernel_gradient_is_reported_in_row_blocks_as_its_gemm_writes_them():
+    """Through the tape: the 784x512 kernel of a model's first Dense (which computes no dL/dx) is
+    reported in growing prefixes, each already holding its final rows, before the whole kernel."""
+    from distnn import layers
+    from distnn.models import Sequential
+    from distnn.ops.core import Tape
+
+    model = Sequential([layers.Dense(512, activation="relu", input_shape=(784,)), layers.Dense(10)])
+    model.compile(optimizer="sgd", loss="mse")
+    first = model.layers[0].kernel
+    x = np.random.default_rng(0).random((128, 784)).astype("float32")
+    events = []
+
+    def on_final(variables):
+        events.extend(("whole", v, None) for v in variables)
+
+    def on_final_prefix(variable, elements):
+        events.append(("prefix", variable, elements))
+        rows = elements // variable.shape[1]
+        events.append(("rows", variable, variable.grad[:rows].copy()))
+
+    with Tape() as tape:
+        output = model(x, training=True)
+    tape.backward([(output, np.ones((128, 10), "float32"))], on_final=on_final, variables=model._bound_variables,
+                  on_final_prefix=on_final_prefix)
+    prefixes = [elements for kind, v, elements in events if kind == "prefix" and v is first]
+    assert len(prefixes) > 1 and prefixes == sorted(prefixes) and prefixes[-1] == first.size
+    for kind, v, rows in events:
+        if kind == "rows":
+            np.testing.assert_array_equal(rows, first.grad[:len(rows)])  # final when reported
+    whole = [i for i, (kind, v, _) in enumerate(events) if kind == "whole" and v is first]
+    assert len(whole) == 1 and whole[0] > max(i for i, (kind, v, _) in enumerate(events) if kind == "prefix")
+    assert all(v is not model.layers[1].kernel for kind, v, _ in events if kind == "prefix")  # too small to split
+
+
+@pytest.mark.mpi
+def test_bucket_reducer_starts_a_bucket_when_its_last_element_is_final():
+    proc = run_command([find_mpiexec(), "-n", "2", sys.executable, "tests/mpi_scripts/bucket_reports.py"],
+                       timeout=60)
+    assert proc.stdout.count("OK 14") == 2, proc.stdout
 
 
 def test_anatomy_counts_only_communication_outside_forward_and_backward(tmp_path):

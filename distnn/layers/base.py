@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from distnn import activations, backend, constraints, initializers, regularizers, weight_budget
+from distnn import backend, constraints, initializers, regularizers, weight_budget
 from distnn.ops import core as tape_core
 from distnn.ops import symbolic
 from distnn.ops.operators import TensorOperators
@@ -56,66 +56,6 @@ def normalize_tuple(value: Any, n: int, arg_name: str) -> tuple[int, ...]:
         raise ValueError(f"{arg_name} must be a positive integer or a tuple of {n} positive integers. "
                          f"Received: {arg_name}={value}")
     return tuple(int(v) for v in value)
-
-
-def init_kernel_options(layer: "Layer", activation: Any, use_bias: bool, kernel_initializer: Any,
-                        bias_initializer: Any, kernel_regularizer: Any, bias_regularizer: Any,
-                        kernel_constraint: Any = None, bias_constraint: Any = None) -> None:
-    """Resolve and set, under Keras' attribute names, the activation, bias switch, initializers,
-    regularizers and constraints of a layer with a kernel (``Dense``, ``Conv1D``, ``Conv2D``)."""
-    layer.activation = activations.get(activation)
-    if isinstance(layer.activation, activations.GLU):  # the fused kernel path keeps the output's shape
-        raise ValueError(f"{type(layer).__name__} cannot apply glu, which halves an axis; put an Activation('glu') "
-                         f"layer after it. Received: activation={activation!r}")
-    layer.use_bias = bool(use_bias)
-    layer.kernel_initializer = initializers.get(kernel_initializer)
-    layer.bias_initializer = initializers.get(bias_initializer)
-    layer.kernel_regularizer = regularizers.get(kernel_regularizer)
-    layer.bias_regularizer = regularizers.get(bias_regularizer)
-    layer.kernel_constraint = constraints.get(kernel_constraint)
-    layer.bias_constraint = constraints.get(bias_constraint)
-
-
-def affine_forward(layer: "Layer", rows: Any, kernel: Any, training: bool) -> Any:
-    """``activation(rows @ kernel + bias)`` for a kernel layer: ``Dense`` on its inputs, a convolution
-    on its im2col matrix. Keeps what ``affine_backward`` needs; training reuses the layer's buffers."""
-    xp = backend.get_array_module(rows)
-    # Training reuses one buffer per shape; inference returns fresh arrays the caller may keep.
-    z = xp.matmul(rows, kernel, out=layer._buffer("z", (rows.shape[0], kernel.shape[1])) if training else None)
-    if layer.bias is not None:
-        z += layer.bias.value
-    if layer.activation.needs_input:
-        layer._z = z
-        y = layer.activation(z, out=layer._buffer("y", z.shape) if training else None)
-    else:
-        y = layer.activation(z, out=z)  # in place: backward needs only the output
-    layer._y = y
-    return y
-
-
-def affine_backward(layer: "Layer", g: Any, rows: Any, kernel_grad: Any) -> Any:
-    """From dL/dy (2-D, may be overwritten) to dL/d(rows @ kernel + bias); writes the kernel and bias
-    gradients in place (views of the model's flat gradient buffer) and returns dL/dz."""
-    xp = backend.get_array_module(g)
-    if not layer.fused_output_activation:
-        g = layer.activation.backward(g, getattr(layer, "_z", None), layer._y)
-    xp.matmul(rows.T, g, out=kernel_grad)
-    if layer.bias is not None:  # a GEMV with ones: several times faster than g.sum(axis=0) on tall g
-        ones = layer._buffer("ones", (g.shape[0],))
-        ones.fill(1)
-        xp.matmul(ones, g, out=layer.bias.grad)
-    return g
-
-
-def kernel_options_config(layer: "Layer") -> dict:
-    """The ``get_config`` entries of the options set by ``init_kernel_options``."""
-    return {"activation": activations.serialize(layer.activation), "use_bias": layer.use_bias,
-            "kernel_initializer": initializers.serialize(layer.kernel_initializer),
-            "bias_initializer": initializers.serialize(layer.bias_initializer),
-            "kernel_regularizer": regularizers.serialize(layer.kernel_regularizer),
-            "bias_regularizer": regularizers.serialize(layer.bias_regularizer),
-            "kernel_constraint": constraints.serialize(layer.kernel_constraint),
-            "bias_constraint": constraints.serialize(layer.bias_constraint)}
 
 
 class Variable(TensorOperators):
@@ -269,21 +209,25 @@ def _fused_vjp(node: Any, grad: Any) -> tuple:
     layer.propagate_input_grad = bool(node.needs and node.needs[0])
     layer.fused_output_activation = node.kwargs.get("fused_activation", False)
     variables = [v for v in layer._variables if v.grad is not None]
-    if any(id(v) in tape.touched for v in variables):
-        # A shared layer's second backward: gather into scratch, then add (the first one overwrote).
-        xp = backend.get_array_module(grad)
-        real = [v.grad for v in variables]
-        for v in variables:
-            v.grad = xp.zeros_like(v.grad)
-        try:
+    layer._backward_tape = tape
+    try:
+        if any(id(v) in tape.touched for v in variables):
+            # A shared layer's second backward: gather into scratch, then add (the first one overwrote).
+            xp = backend.get_array_module(grad)
+            real = [v.grad for v in variables]
+            for v in variables:
+                v.grad = xp.zeros_like(v.grad)
+            try:
+                dx = layer.backward(grad)
+            finally:
+                for v, target in zip(variables, real):
+                    target += v.grad
+                    v.grad = target
+        else:
             dx = layer.backward(grad)
-        finally:
-            for v, target in zip(variables, real):
-                target += v.grad
-                v.grad = target
-    else:
-        dx = layer.backward(grad)
-        tape.touched.update(id(v) for v in variables)
+            tape.touched.update(id(v) for v in variables)
+    finally:
+        layer._backward_tape = None
     return (dx,)
 
 
@@ -345,6 +289,9 @@ class Layer:
         # Cleared by the tape when nothing before this call needs dL/dx (a model's first layer),
         # which saves the largest GEMM of a typical first Dense/Conv backward.
         self.propagate_input_grad = True
+        # The tape whose VJP of this layer is running (_fused_vjp): its hooks for reporting final
+        # gradients and polling transfers (weight_gradients_written, polled_matmul).
+        self._backward_tape: Any = None
         # Set on an output layer when the loss supplies dL/d(pre-activation) (softmax + cross-entropy).
         self.fused_output_activation = False
 
@@ -495,6 +442,15 @@ class Layer:
     def backward(self, grad: Any) -> Any:
         """Optional: fill parameter gradients in place from ``grad`` = dL/dy and return dL/dx."""
         raise NotImplementedError(f"{type(self).__name__} has no fused backward")
+
+    def weight_gradients_written(self) -> None:
+        """For a ``backward``: call it once all of this call's weight gradients are written and before
+        computing dL/dx. In distributed training their gradient buckets then start reducing over the
+        ranks while dL/dx is computed (docs/architecture.md, "Gradient buckets and overlap");
+        otherwise it does nothing."""
+        tape = self._backward_tape
+        if tape is not None and tape.report_written is not None:
+            tape.report_written()
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         return tuple(input_shape)

@@ -22,8 +22,8 @@ import numpy as np
 
 from distnn import backend
 from distnn.layers.grouped_conv import check_groups, grouped_conv_call
-from distnn.layers.base import (Layer, affine_backward, affine_forward, init_kernel_options, kernel_options_config,
-                               normalize_tuple)
+from distnn.layers.base import Layer, normalize_tuple
+from distnn.layers.kernel_layer import affine_backward, affine_forward, init_kernel_options, kernel_options_config
 
 _DATA_FORMATS = ("channels_last", "channels_first")
 # Below this many input channels, copying tap by tap into the im2col buffer beats one 6-D strided
@@ -266,6 +266,7 @@ class Conv(SpatialLayer):
         g = self._to_nhwc(grad)
         g = (g if g.flags.c_contiguous else xp.ascontiguousarray(g)).reshape(-1, self.filters)
         g = affine_backward(self, g, self._cols, self.kernel.grad.reshape(-1, self.filters))
+        self.weight_gradients_written()
         if not self.propagate_input_grad:
             return None
         return self._from_nhwc(self._col2im(g))

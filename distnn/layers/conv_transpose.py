@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from distnn import constraints, initializers, regularizers
-from distnn.layers.base import init_kernel_options, kernel_options_config, normalize_tuple
+from distnn.layers.base import normalize_tuple
+from distnn.layers.kernel_layer import init_kernel_options, kernel_options_config
 from distnn.layers.conv import SpatialLayer, normalize_padding
 from distnn.layers.grouped_conv import bias_and_activation
 from distnn.ops.conv import _geometry, _transpose_padding, conv, conv_transpose, depthwise_conv

@@ -11,7 +11,9 @@ import numpy as np
 
 from distnn import activations, backend, ops, random, serialization
 from distnn.ops import symbolic
-from distnn.layers.base import Layer, affine_backward, affine_forward, init_kernel_options, kernel_options_config
+from distnn.layers.base import Layer
+from distnn.layers.kernel_layer import (affine_backward, affine_forward, init_kernel_options, kernel_options_config,
+                                        polled_matmul)
 from distnn.layers.conv import normalize_data_format
 
 
@@ -112,11 +114,11 @@ class Dense(Layer):
         return y.reshape(*x.shape[:-1], self.units)
 
     def backward(self, grad):
-        xp = backend.get_array_module(grad)
         g = affine_backward(self, grad.reshape(-1, self.units), self._x, self.kernel.grad)
+        self.weight_gradients_written()
         if not self.propagate_input_grad:
             return None
-        dx = xp.matmul(g, self.kernel.value.T, out=self._buffer("dx", self._x.shape))
+        dx = polled_matmul(self, g, self.kernel.value.T, self._buffer("dx", self._x.shape), axis=1)
         return dx.reshape(*grad.shape[:-1], self._x.shape[-1])
 
     def get_config(self):

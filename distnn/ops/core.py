@@ -95,6 +95,15 @@ class Tape:
         self.watched: dict[int, Tensor] = {}
         self.layer_calls: dict[int, int] = {}  # id(layer) -> calls so far: a shared layer's call slot
         self.touched: set[int] = set()  # id(variable) whose grad this backward has already written
+        # Set during a backward with ``on_final`` (docs/architecture.md, "Autodiff"): ``poll_transfers``
+        # (with ``on_final_prefix``) advances the buckets in flight, called by fused layers between
+        # pieces of a long GEMM; ``report_written``, only while a fused layer node that makes variables
+        # final runs its VJP, reports them before the VJP computes dL/dx
+        # (``Layer.weight_gradients_written``), and ``report_prefix(variable, elements)`` their
+        # leading elements as they are written.
+        self.poll_transfers: Callable[[], None] | None = None
+        self.report_written: Callable[[], None] | None = None
+        self.report_prefix: Callable[[Any, int], None] | None = None
         self._previous: Tape | None = None
 
     def __enter__(self) -> "Tape":
@@ -124,19 +133,27 @@ class Tape:
 
     # ------------------------------------------------------------------------------ backward
     def backward(self, seeds: Iterable[tuple[Any, Any]], seeds_owned: bool = False,
-                 on_final: Callable[[list], None] | None = None, variables: list | None = None) -> None:
+                 on_final: Callable[[list], None] | None = None, variables: list | None = None,
+                 on_final_prefix: Callable[[Any, int], None] | None = None) -> None:
         """Propagate ``(tensor, dL/dtensor)`` seeds back through the tape into the watched variables.
 
         ``seeds_owned``: the seed arrays are the caller's to give away (fused layers may overwrite them).
         ``on_final``: called after each node with the ``variables`` whose gradient that node made final
         (usually none), so buckets of the flat gradient can be reduced while backward continues
         (docs/architecture.md, "Gradient buckets and overlap"); a variable no node reaches is zeroed
-        and reported first.
+        and reported first. A fused layer may report its variables from inside its VJP, once they are
+        written and before it computes dL/dx (``report_written``).
+        ``on_final_prefix``: also report from inside long fused GEMMs, which then run in pieces: the
+        leading ``elements`` of a kernel gradient as each block of rows is written
+        (``on_final_prefix(variable, elements)``), else an ``on_final`` with no variables, which polls.
         """
+        if on_final_prefix is not None and on_final is None:
+            raise ValueError("Tape.backward: on_final_prefix needs on_final. Received: on_final=None")
         for tensor, grad in seeds:
             if isinstance(tensor, Tensor) and tensor.tape is self:  # a host seed of a device value is uploaded
                 accumulate(tensor, backend.get_array_module(tensor.value).asarray(grad), seeds_owned)
         finals = self._final_writes(variables, on_final) if on_final is not None else None
+        self.poll_transfers = functools.partial(on_final, _NONE) if on_final_prefix is not None else None
         for index in range(len(self.nodes) - 1, -1, -1):
             node = self.nodes[index]
             if finals is not None:  # also between nodes that finish nothing: the hook polls transfers
@@ -145,13 +162,17 @@ class Tape:
             if grad is None:
                 continue
             node.grad = None  # free it: nothing downstream needs it any more
+            if finals is not None and node.writes and index - 1 in finals:
+                self._open_early_reports(node, finals, index - 1, on_final, on_final_prefix)
             grads = node.vjp(node, grad)
+            self.report_written = self.report_prefix = None
             returned = [g for parent in node.parents for g in [_parent_grad(grads, parent)] if g is not None]
             trusted = getattr(node.vjp, "exclusive_results", False)
             for parent in node.parents:
                 g = _parent_grad(grads, parent)
                 if g is not None:
                     accumulate(parent[-1], g, trusted or _exclusive(g, grad, returned))
+        self.poll_transfers = None
         for leaf in self.watched.values():
             if leaf.grad is not None:
                 self.write_variable_grad(leaf.watched_variable, leaf.grad)
@@ -185,6 +206,40 @@ class Tape:
         # The node with the lowest index runs last, but the after-node call fires before its VJP:
         # shift each list to the call made after its writer ran (the next node, or the end).
         return {index - 1: finals[index] for index in finals}
+
+    def _open_early_reports(self, node: Tensor, finals: dict[int, list], key: int,
+                            on_final: Callable[[list], None],
+                            on_final_prefix: Callable[[Any, int], None] | None) -> None:
+        """Let the fused layer of ``node``, about to run its VJP, report the variables it makes final
+        from inside it (``report_written``, ``report_prefix``). Not when the VJP gathers into scratch
+        (a shared layer's first call, run after its later calls: its gradients land after the VJP)."""
+        writes = {id(v) for v in node.writes}
+        if writes & self.touched:
+            return
+        early = [v for v in finals[key] if id(v) in writes]
+        if not early:
+            return
+        self.report_written = functools.partial(self._report_written, early, finals, key, on_final)
+        # A prefix is final only if no use by ops (a leaf gradient, added when finishing) remains to add.
+        prefixed = {id(v) for v in early if getattr(self.watched.get(id(v)), "grad", None) is None}
+        if on_final_prefix is not None and prefixed:
+            self.report_prefix = functools.partial(self._report_prefix, prefixed, on_final_prefix)
+
+    @staticmethod
+    def _report_prefix(prefixed: set[int], on_final_prefix: Callable[[Any, int], None], variable: Any,
+                       elements: int) -> None:
+        if id(variable) in prefixed:
+            on_final_prefix(variable, elements)
+
+    def _report_written(self, early: list, finals: dict[int, list], key: int, on_final: Callable[[list], None]) -> None:
+        """The fused layer's variables ``early`` are written: report them now, while its VJP goes on to
+        dL/dx; any other variable final after its node waits for the after-node call."""
+        self.report_written = self.report_prefix = None  # once
+        rest = [v for v in finals.pop(key) if all(v is not e for e in early)]
+        if rest:
+            finals[key] = rest
+        self.touched.update(id(v) for v in early if v.grad is not None)
+        on_final(self._finish_variables(early))
 
     def _finish_variables(self, variables: list) -> list:
         """Write each variable's leaf gradient (uses by ops) and zero the gradient of one no node

@@ -1,6 +1,6 @@
 """Train a small model and save the final weights; run under mpiexec -n N or plain python.
 
-    python train_parity.py OUT.npz [--model mlp|mlp-dropout|cnn|cnn-bn|cnn-vision] [--samples 203] [--batch-size 32]
+    python train_parity.py OUT.npz [--model mlp|mlp-wide|mlp-dropout|cnn|cnn-bn|cnn-vision] [--samples 203] [--batch-size 32]
                            [--epochs 2] [--verbose 0] [--compression none|fp16] [--hidden 16]
                            [--train-on-batch 0]
 
@@ -46,6 +46,9 @@ class RecordAndCompare(Callback):
 def build(kind, input_shape, classes):
     if kind == "mlp":
         layers = [Dense(16, activation="relu", input_shape=input_shape), Dense(classes, activation="softmax")]
+    elif kind == "mlp-wide":  # GEMMs large enough that backward runs them in polled pieces under overlap
+        layers = [Dense(512, activation="relu", input_shape=input_shape), Dense(512, activation="relu"),
+                  Dense(classes, activation="softmax")]
     elif kind == "mlp-dropout":  # random layers: masks per global sample keep N ranks = 1 process
         from distnn.layers import Dropout
 
@@ -80,7 +83,7 @@ def build(kind, input_shape, classes):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
-    parser.add_argument("--model", default="mlp", choices=["mlp", "mlp-dropout", "cnn", "cnn-bn", "cnn-vision"])
+    parser.add_argument("--model", default="mlp", choices=["mlp", "mlp-wide", "mlp-dropout", "cnn", "cnn-bn", "cnn-vision"])
     parser.add_argument("--samples", type=int, default=203)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=2)
@@ -115,7 +118,8 @@ def main():
         np.savez(args.out, evaluation=np.array(evaluation), predictions=predictions,
                  loss_history=np.array(history.history["loss"]), identical_checks=recorder.checks,
                  **recorder.snapshots)
-        print(f"size={comm.size} compression={comm.compression.name} evaluation={evaluation}", flush=True)
+        print(f"size={comm.size} nodes={comm.cross_size} compression={comm.compression.name} "
+              f"evaluation={evaluation}", flush=True)
 
 
 if __name__ == "__main__":
