@@ -102,7 +102,7 @@ class BucketReducer:
         # moves on between MPI calls once each call has fed it; over shared memory the polls do the
         # copying themselves, on the core the GEMM needs. Measured with the MLP on 2 ranks
         # (docs/architecture.md, "Gradient buckets and overlap"): on 2 emulated nodes at 4 Gbit/s the
-        # exposed communication per step fell from 2.2-2.4 ms to 1.4-1.9 ms (3.7-4.0 ms blocking);
+        # exposed communication per step fell from 2.38 ms to 1.36-1.38 ms (3.76-3.87 ms blocking);
         # on one node the 2-rank rate fell 7 % (1.52x to 1.43x one rank, medians of 6 pairs).
         self.reports_within_ops = comm.cross_size > 1
         wire_dtype = comm.compression.wire_dtype(grads.dtype)

@@ -62,12 +62,14 @@ def affine_backward(layer: "Layer", g: Any, rows: Any, kernel_grad: Any) -> Any:
 
 
 # Multiply-adds per piece of a polled GEMM, and the most pieces. Measured on the emulated 2-node
-# cluster at 4 Gbit/s (MLP, 2 ranks; docs/architecture.md, "Gradient buckets and overlap"): exposed
-# gradient communication per step 3.7-4.0 ms blocking; with overlap 2.2-2.4 ms with whole GEMMs,
-# 1.8-2.3 ms in pieces of 2^24 and 1.1-1.8 ms in pieces of 2^22 multiply-adds. Cut along the output's
-# rows (dL/dW) or columns (dL/dx), each element's sum over the shared axis is unchanged: bitwise the
-# same result. Pieces along rows of a 784x128 @ 128x512 product cost 3 %, along columns none, while
-# 32-row pieces of dL/dx = g @ kernel.T cost 45 % (one thread), hence the column cut there.
+# cluster at 4 Gbit/s (MLP, 2 ranks; docs/architecture.md, "Gradient buckets and overlap"), rank 0's
+# exposed gradient communication per step, 3.8-4.0 ms blocking: whole GEMMs 2.38 ms (median of 3
+# rounds), pieces of 2^24 multiply-adds 2.26 ms (median of 3), pieces of 2^22 2.17 ms (median of 5;
+# single runs 1.15-1.77 ms), and with their rows reported as written 1.36-1.38 ms (medians of 5).
+# Cut along the output's rows (dL/dW) or columns (dL/dx), each element's sum over the shared axis is
+# unchanged: bitwise the same result. Pieces along rows of a 784x128 @ 128x512 product cost 3 %,
+# along columns none, while 32-row pieces of dL/dx = g @ kernel.T cost 45 % (one thread), hence the
+# column cut there.
 POLL_PIECE_MACS = 1 << 22
 POLL_MAX_PIECES = 8
 # Every piece reads the whole of the other operand (``b`` for row pieces, ``a`` for column pieces):
