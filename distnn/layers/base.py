@@ -21,7 +21,9 @@ Writing a custom layer (Keras 3's way — no backward needed)::
 ``call`` runs on plain arrays in inference and on tape tensors in training, so it must use
 operators and ``distnn.ops``. A layer may instead define ``backward(grad) -> dL/dx`` (filling its
 weights' ``grad`` in place); it is then one *fused* node on the tape and its ``call`` sees raw arrays
-(the built-in Dense, Conv, pooling and normalization layers do this for speed).
+(the built-in Dense, Conv, pooling and normalization layers do this for speed). Such a ``backward``
+may call ``self.weight_gradients_written()`` once its weight gradients are written and before it
+computes dL/dx, so that distributed training starts summing them meanwhile.
 """
 from __future__ import annotations
 
