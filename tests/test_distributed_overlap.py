@@ -314,6 +314,8 @@ def test_polled_matmul_runs_large_products_in_pieces_with_the_same_bits():
     out = np.empty((64, 64), "float32")
     np.testing.assert_array_equal(polled_matmul(layer, tall, wide, out), tall @ wide)
     assert polls == []  # each row piece would read all 2 MiB of ``wide`` again
+    with pytest.raises(ValueError, match="axis=1"):  # column pieces write no leading rows to report
+        polled_matmul(layer, a, b, np.empty_like(expected), axis=1, variable=layer)
 
 
 def test_a_large_kernel_gradient_is_reported_in_row_blocks_as_its_gemm_writes_them():

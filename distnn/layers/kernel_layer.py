@@ -87,6 +87,9 @@ def polled_matmul(layer: "Layer", a: Any, b: Any, out: Any, axis: int = 0, varia
     ``variable``: the weight whose gradient ``out`` is (row-major, from its first element), when this
     product finishes it; with ``axis=0`` each piece's rows are then reported final as they are
     written, so the buckets they complete start before the product ends."""
+    if variable is not None and axis != 0:
+        raise ValueError(f"polled_matmul reports a variable's leading rows, so variable= needs axis=0. "
+                         f"Received: axis={axis}")
     xp = backend.get_array_module(a)
     tape = layer._backward_tape
     poll = None if tape is None else tape.poll_transfers
@@ -100,7 +103,7 @@ def polled_matmul(layer: "Layer", a: Any, b: Any, out: Any, axis: int = 0, varia
             xp.matmul(a[lo:hi], b, out=out[lo:hi])
         else:
             xp.matmul(a, b[:, lo:hi], out=out[:, lo:hi])
-        if axis == 0 and variable is not None and tape.report_prefix is not None:
+        if variable is not None and tape.report_prefix is not None:
             tape.report_prefix(variable, hi * out.shape[1])  # also polls
         else:
             poll()

@@ -235,7 +235,8 @@ class Tape:
         """The fused layer's variables ``early`` are written: report them now, while its VJP goes on to
         dL/dx; any other variable final after its node waits for the after-node call."""
         self.report_written = self.report_prefix = None  # once
-        rest = [v for v in finals.pop(key) if all(v is not e for e in early)]
+        written = {id(v) for v in early}
+        rest = [v for v in finals.pop(key) if id(v) not in written]
         if rest:
             finals[key] = rest
         self.touched.update(id(v) for v in early if v.grad is not None)
